@@ -12,7 +12,8 @@ import dataclasses
 import gc
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -71,9 +72,7 @@ def measure(fn: Callable[[], Any], *, repeat: int = 1, warmup: bool = True) -> M
 def row(name: str, n: int, anchor: Measurement | None, ours: Measurement) -> str:
     """One markdown table row: metric, N, anchor s, jaxalign s, ratio, peak MiB (anchor / jaxalign), values."""
     if anchor is None:
-        return (
-            f"| {name} | {n} | — | {ours.seconds:.2f} | — | — / {ours.peak_mib:.0f} | {_fmt(ours.value)} |"
-        )
+        return f"| {name} | {n} | — | {ours.seconds:.2f} | — | — / {ours.peak_mib:.0f} | {_fmt(ours.value)} |"
     ratio = anchor.seconds / ours.seconds
     return (
         f"| {name} | {n} | {anchor.seconds:.2f} | {ours.seconds:.2f} | {ratio:.1f}× | "

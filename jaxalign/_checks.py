@@ -43,8 +43,7 @@ def as_features(x: Any, name: str = "x", *, min_rows: int = 2) -> jax.Array:
         arr = _to_jax(x)
     except (TypeError, ValueError) as err:  # ragged lists, objects
         raise ValueError(
-            f"`{name}` could not be converted to an array ({err}); pass a rectangular (N, d) array, "
-            "not a ragged list."
+            f"`{name}` could not be converted to an array ({err}); pass a rectangular (N, d) array, not a ragged list."
         ) from None
     if arr.ndim != 2:
         raise ValueError(

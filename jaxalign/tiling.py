@@ -10,7 +10,8 @@ clamped to row N-1 and their outputs dropped, so ``fn`` never sees an out-of-ran
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +86,7 @@ def map_row_tiles(
             check_vma=False,
         )
     out = run(rows, *operands)
-    return jax.tree_util.tree_map(lambda a: a.reshape((n_tiles * tile,) + a.shape[2:])[:n], out)
+    return jax.tree_util.tree_map(lambda a: a.reshape((n_tiles * tile, *a.shape[2:]))[:n], out)
 
 
 def safe_sqrt(x: jax.Array) -> jax.Array:
