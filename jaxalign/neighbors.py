@@ -29,7 +29,7 @@ __all__ = ["METRICS", "NeighborGraph", "knn", "membership"]
 METRICS = ("ip", "euclidean")
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["indices", "values"], meta_fields=["metric"])
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["indices", "values"], meta_fields=["metric", "exclude_self"])
 @dataclasses.dataclass(frozen=True)
 class NeighborGraph:
     """k nearest neighbours of every point.
@@ -38,11 +38,13 @@ class NeighborGraph:
       indices: (N, k) int32, neighbours of row i, best first.
       values: (N, k) similarities (``metric="ip"``, descending) or Euclidean distances (ascending).
       metric: ``"ip"`` or ``"euclidean"`` (static).
+      exclude_self: whether the point itself was excluded from its own neighbours (static).
     """
 
     indices: jax.Array
     values: jax.Array
     metric: str
+    exclude_self: bool = True
 
     @property
     def n(self) -> int:
@@ -55,7 +57,7 @@ class NeighborGraph:
     def truncate(self, k: int) -> NeighborGraph:
         """The graph of the first ``k`` neighbours (a graph built for k_max serves every k ≤ k_max)."""
         check_k(k, self.k + 1, "k", high=self.k)
-        return NeighborGraph(self.indices[:, :k], self.values[:, :k], self.metric)
+        return NeighborGraph(self.indices[:, :k], self.values[:, :k], self.metric, self.exclude_self)
 
 
 def _topk_tile(rows: jax.Array, x: jax.Array, sq: jax.Array, *, k: int, metric: str, exclude_self: bool):
@@ -81,7 +83,7 @@ def _knn(x: jax.Array, *, k: int, metric: str, exclude_self: bool, tile: int, me
     sq = (x * x).sum(1)
     fn = functools.partial(_topk_tile, k=k, metric=metric, exclude_self=exclude_self)
     indices, values = map_row_tiles(fn, x.shape[0], x, sq, tile=tile, mesh=mesh)
-    return NeighborGraph(indices, values, metric)
+    return NeighborGraph(indices, values, metric, exclude_self)
 
 
 def knn(
