@@ -43,7 +43,9 @@ def default_tile(n: int, width: int | None = None, budget: int = TILE_BUDGET) ->
     """Largest tile (multiple of 8 where possible) whose ``tile x max(n, width)`` block fits ``budget`` elements."""
     width = max(n, width or 0)
     tile = max(1, min(n, budget // max(width, 1)))
-    return tile - tile % 8 if tile > 8 else tile
+    if tile == n or tile <= 8:
+        return tile
+    return tile - tile % 8
 
 
 def map_row_tiles(

@@ -1,0 +1,185 @@
+"""Centered kernel alignment (CKA) with platonic-rep's conventions, never materialising the N x N kernels.
+
+    CKA(K, L) = HSIC(K, L) / (sqrt(HSIC(K, K) · HSIC(L, L)) + 1e-6)
+
+with K = X Xᵀ (``kernel="ip"``) or K_ij = exp(−‖x_i − x_j‖² / (2σ²)) (``kernel="rbf"``), and L likewise from Y
+(Kornblith et al. 2019, "Similarity of Neural Network Representations Revisited"; the 1e-6 and the HSIC scaling
+are those of platonic-rep's ``metrics.py``, Huh et al. 2024).
+
+- Biased HSIC = trace(K H L H), H = I − 11ᵀ/n (no 1/(n−1)² factor).
+- Unbiased HSIC (Song et al. 2012, JMLR 13, eq. 5), with K̃, L̃ the kernels with zeroed diagonals:
+  [Σ K̃∘L̃ᵀ + (1ᵀK̃1)(1ᵀL̃1)/((n−1)(n−2)) − 2·1ᵀK̃L̃1/(n−2)] / (n(n−3)). Needs n ≥ 4; may be negative.
+
+Every HSIC is a function of four sums (:func:`hsic_from_sums`). For the linear kernel they come from d x d products
+and row sums of the centred features (both HSICs are invariant to translating the features); for the RBF kernel
+from one tiled pass over row blocks accumulating per-row sums of K, L, K∘L, K∘K and L∘L. Memory O(N·d + tile·N).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from jaxalign._checks import as_features, check_same_n, check_variance
+from jaxalign.tiling import map_row_tiles, pairwise_block, resolve_mesh
+
+__all__ = ["KERNELS", "cka", "hsic_from_sums", "unbiased_cka"]
+
+KERNELS = ("ip", "rbf")
+#: platonic-rep's regulariser in the CKA denominator.
+EPS = 1e-6
+
+
+def hsic_from_sums(
+    trace_kl: jax.Array,
+    total_k: jax.Array,
+    total_l: jax.Array,
+    kl_sum: jax.Array,
+    lk_sum: jax.Array,
+    n: int,
+    *,
+    unbiased: bool,
+) -> jax.Array:
+    """HSIC of two (possibly asymmetric) n x n kernels K, L from their sums.
+
+    Args:
+      trace_kl: Σ_ij K_ij L_ji = trace(K L).
+      total_k, total_l: 1ᵀK1, 1ᵀL1.
+      kl_sum: 1ᵀ K L 1 = Σ_l colsum(K)_l · rowsum(L)_l.
+      lk_sum: 1ᵀ L K 1 = Σ_l colsum(L)_l · rowsum(K)_l (equals ``kl_sum`` for symmetric kernels).
+      n: number of samples.
+      unbiased: Song et al.'s estimator (the arguments must then be the sums of the zero-diagonal K̃, L̃) instead of
+        the biased trace(K H L H) = trace(KL) − (1ᵀKL1 + 1ᵀLK1)/n + (1ᵀK1)(1ᵀL1)/n².
+    """
+    if unbiased:
+        value = trace_kl + total_k * total_l / ((n - 1) * (n - 2)) - 2.0 * kl_sum / (n - 2)
+        return value / (n * (n - 3))
+    return trace_kl - (kl_sum + lk_sum) / n + total_k * total_l / (n * n)
+
+
+def _ratio(hsic_kl: jax.Array, hsic_kk: jax.Array, hsic_ll: jax.Array) -> jax.Array:
+    return hsic_kl / (jnp.sqrt(hsic_kk * hsic_ll) + EPS)
+
+
+def _linear_unbiased_hsic(x: jax.Array, y: jax.Array, sq_x: jax.Array, sq_y: jax.Array) -> jax.Array:
+    """Unbiased HSIC of K = XXᵀ, L = YYᵀ through d x d products and row sums (zero diagonals applied in closed form).
+
+    Σ K̃∘L̃ = ‖XᵀY‖²_F − Σ_i |x_i|²|y_i|²; 1ᵀK̃1 = |Σx|² − Σ|x_i|²; rowsum(K̃)_l = x_l·Σx − |x_l|².
+    """
+    n = x.shape[0]
+    sum_x, sum_y = x.sum(0), y.sum(0)
+    trace_kl = jnp.sum((x.T @ y) ** 2) - jnp.sum(sq_x * sq_y)
+    row_k, row_l = x @ sum_x - sq_x, y @ sum_y - sq_y
+    total_k, total_l = row_k.sum(), row_l.sum()
+    cross = jnp.dot(row_k, row_l)
+    return hsic_from_sums(trace_kl, total_k, total_l, cross, cross, n, unbiased=True)
+
+
+@functools.partial(jax.jit, static_argnames=("unbiased",))
+def _cka_linear(x: jax.Array, y: jax.Array, *, unbiased: bool) -> jax.Array:
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    if not unbiased:  # trace(K H L H) = ‖(HX)ᵀ(HY)‖²_F
+        return _ratio(jnp.sum((x.T @ y) ** 2), jnp.sum((x.T @ x) ** 2), jnp.sum((y.T @ y) ** 2))
+    sq_x, sq_y = (x * x).sum(1), (y * y).sum(1)
+    return _ratio(
+        _linear_unbiased_hsic(x, y, sq_x, sq_y),
+        _linear_unbiased_hsic(x, x, sq_x, sq_x),
+        _linear_unbiased_hsic(y, y, sq_y, sq_y),
+    )
+
+
+def _rbf_row_sums(rows: jax.Array, x: jax.Array, y: jax.Array, gamma: jax.Array) -> tuple[jax.Array, ...]:
+    """Per-row Σ_j K_ij, Σ_j L_ij, Σ_j K_ij L_ij, Σ_j K_ij², Σ_j L_ij² of the RBF kernels for a tile of rows."""
+    diag = (jnp.arange(rows.shape[0]), rows)
+    k = jnp.exp(-gamma * pairwise_block(x[rows], x, "sqeuclidean").at[diag].set(0.0))
+    l = jnp.exp(-gamma * pairwise_block(y[rows], y, "sqeuclidean").at[diag].set(0.0))  # noqa: E741
+    return k.sum(1), l.sum(1), (k * l).sum(1), (k * k).sum(1), (l * l).sum(1)
+
+
+@functools.partial(jax.jit, static_argnames=("unbiased", "tile", "mesh"))
+def _cka_rbf(
+    x: jax.Array, y: jax.Array, sigma: jax.Array, *, unbiased: bool, tile: int | None, mesh: Mesh | None
+) -> jax.Array:
+    n = x.shape[0]
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    gamma = 1.0 / (2.0 * sigma * sigma)
+    row_k, row_l, kl, kk, ll = map_row_tiles(_rbf_row_sums, n, x, y, gamma, tile=tile, mesh=mesh)
+    if unbiased:  # zero the diagonals: K_ii = L_ii = 1 exactly (self-distance set to 0 by index)
+        row_k, row_l, kl, kk, ll = row_k - 1.0, row_l - 1.0, kl - 1.0, kk - 1.0, ll - 1.0
+    total_k, total_l = row_k.sum(), row_l.sum()
+
+    def hsic(trace: jax.Array, total_a: jax.Array, total_b: jax.Array, row_a: jax.Array, row_b: jax.Array):
+        cross = jnp.dot(row_a, row_b)
+        return hsic_from_sums(trace.sum(), total_a, total_b, cross, cross, n, unbiased=unbiased)
+
+    return _ratio(
+        hsic(kl, total_k, total_l, row_k, row_l),
+        hsic(kk, total_k, total_k, row_k, row_k),
+        hsic(ll, total_l, total_l, row_l, row_l),
+    )
+
+
+def cka(
+    x: Any,
+    y: Any,
+    *,
+    kernel: str = "ip",
+    sigma: float = 1.0,
+    unbiased: bool = False,
+    tile: int | None = None,
+    mesh: Mesh | str | None = "auto",
+) -> jax.Array:
+    """Centered kernel alignment of two embeddings of the same N samples (platonic-rep ``cka``).
+
+    CKA = HSIC(K, L) / (sqrt(HSIC(K, K)·HSIC(L, L)) + 1e-6), biased HSIC = trace(K H L H) or Song et al.'s unbiased
+    estimator (``unbiased=True``). Biased linear CKA lies in [0, 1]; the unbiased one may be negative.
+
+    Args:
+      x: (N, d_x) features (numpy, jax or torch).
+      y: (N, d_y) features of the same samples.
+      kernel: ``"ip"`` (K = X Xᵀ; O(N d²), no N x N work) or ``"rbf"`` (exp(−‖x_i − x_j‖²/(2σ²)); one tiled
+        O(N² d) pass).
+      sigma: RBF bandwidth σ > 0 (ignored for ``"ip"``).
+      unbiased: use the unbiased HSIC (needs N ≥ 4).
+      tile: rows per tile of the RBF pass (default keeps a (tile, N) block near 32 MiB).
+      mesh: 1-D device mesh splitting the row tiles, ``"auto"`` (all devices) or ``None``.
+
+    Returns:
+      A scalar in the common float dtype of ``x`` and ``y``.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"`kernel` must be one of {KERNELS}, got {kernel!r}.")
+    min_rows = 4 if unbiased else 2
+    x = as_features(x, "x", min_rows=min_rows)
+    y = as_features(y, "y", min_rows=min_rows)
+    check_same_n(x, y)
+    check_variance(x, "x")
+    check_variance(y, "y")
+    dtype = jnp.result_type(x.dtype, y.dtype)
+    x, y = x.astype(dtype), y.astype(dtype)
+    if kernel == "ip":
+        return _cka_linear(x, y, unbiased=bool(unbiased))
+    if isinstance(sigma, (int, float)) and not (0.0 < sigma < float("inf")):
+        raise ValueError(f"`sigma` must be a positive finite bandwidth, got {sigma!r}.")
+    mesh = resolve_mesh(mesh)
+    tile = None if tile is None else int(tile)
+    return _cka_rbf(x, y, jnp.asarray(sigma, dtype), unbiased=bool(unbiased), tile=tile, mesh=mesh)
+
+
+def unbiased_cka(
+    x: Any,
+    y: Any,
+    *,
+    kernel: str = "ip",
+    sigma: float = 1.0,
+    tile: int | None = None,
+    mesh: Mesh | str | None = "auto",
+) -> jax.Array:
+    """:func:`cka` with Song et al.'s unbiased HSIC (platonic-rep ``unbiased_cka``); needs N ≥ 4."""
+    return cka(x, y, kernel=kernel, sigma=sigma, unbiased=True, tile=tile, mesh=mesh)
