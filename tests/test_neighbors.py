@@ -50,6 +50,7 @@ def test_self_included_when_asked():
     g = knn(x, 5, exclude_self=False)
     idx, val = _dense_ip(x, 5, exclude_self=False)
     np.testing.assert_array_equal(np.asarray(g.indices), idx)
+    np.testing.assert_allclose(np.asarray(g.values), val, rtol=1e-12)
     assert not g.exclude_self and g.k == 5 and g.n == 40
     assert knn(x, 40, exclude_self=False).k == 40
 
