@@ -104,7 +104,6 @@ def mutual_knn(x: np.ndarray, y: np.ndarray, topk: int) -> float:
     sum of the product of the two dense masks.
     """
     x, y = _float(x), _float(y)
-    n = x.shape[0]
 
     def mask(a: np.ndarray) -> np.ndarray:
         s = a @ a.T

@@ -103,7 +103,7 @@ def pairwise_block(a: jax.Array, b: jax.Array, metric: str) -> jax.Array:
     ``"ip"``: a bᵀ. ``"sqeuclidean"``: |a|² + |b|² − 2 a·b clamped at 0. ``"euclidean"``: its safe square root.
     Centre the data first (distances are translation invariant) to keep the expanded formula accurate.
     """
-    prod = a @ b.T
+    prod = jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)  # no TF32 on GPUs: exactness first
     if metric == "ip":
         return prod
     sq = jnp.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * prod, 0.0)

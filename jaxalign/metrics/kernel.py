@@ -12,7 +12,10 @@ are those of platonic-rep's ``metrics.py``, Huh et al. 2024).
 
 Every HSIC is a function of four sums (:func:`hsic_from_sums`). For the linear kernel they come from d x d products
 and row sums of the centred features (both HSICs are invariant to translating the features); for the RBF kernel
-from one tiled pass over row blocks accumulating per-row sums of K, L, K∘L, K∘K and L∘L. Memory O(N·d + tile·N).
+from one tiled pass over row blocks accumulating per-row sums of K, L, K∘L, K∘K and L∘L. Both HSICs are also
+invariant to subtracting a constant from every (off-diagonal) kernel entry, so the RBF pass subtracts a cheap
+estimate of the kernel's mean first, which keeps float32 accurate when K ≈ c 11ᵀ (small distances relative to σ).
+Memory O(N·d + d² + tile·N).
 """
 
 from __future__ import annotations
@@ -93,12 +96,24 @@ def _cka_linear(x: jax.Array, y: jax.Array, *, unbiased: bool) -> jax.Array:
     )
 
 
-def _rbf_row_sums(rows: jax.Array, x: jax.Array, y: jax.Array, gamma: jax.Array) -> tuple[jax.Array, ...]:
-    """Per-row Σ_j K_ij, Σ_j L_ij, Σ_j K_ij L_ij, Σ_j K_ij², Σ_j L_ij² of the RBF kernels for a tile of rows."""
+def _rbf_row_sums(
+    rows: jax.Array, x: jax.Array, y: jax.Array, gamma: jax.Array, shift_k: jax.Array, shift_l: jax.Array
+) -> tuple[jax.Array, ...]:
+    """Per-row Σ_j K_ij, Σ_j L_ij, Σ_j K_ij L_ij, Σ_j K_ij², Σ_j L_ij² of the shifted RBF kernels for a tile of rows.
+
+    The self-distance is set to 0 by index, so K_ii = 1 − shift_k exactly.
+    """
     diag = (jnp.arange(rows.shape[0]), rows)
-    k = jnp.exp(-gamma * pairwise_block(x[rows], x, "sqeuclidean").at[diag].set(0.0))
-    l = jnp.exp(-gamma * pairwise_block(y[rows], y, "sqeuclidean").at[diag].set(0.0))  # noqa: E741
+    k = jnp.exp(-gamma * pairwise_block(x[rows], x, "sqeuclidean").at[diag].set(0.0)) - shift_k
+    l = jnp.exp(-gamma * pairwise_block(y[rows], y, "sqeuclidean").at[diag].set(0.0)) - shift_l  # noqa: E741
     return k.sum(1), l.sum(1), (k * l).sum(1), (k * k).sum(1), (l * l).sum(1)
+
+
+def _rbf_shift(x: jax.Array, gamma: jax.Array) -> jax.Array:
+    """exp(−γ · mean_ij ‖x_i − x_j‖²), mean squared distance = 2 Σ_i ‖x_i − x̄‖² / n for centred x: a cheap guess of
+    the kernel's mean that is subtracted from every entry to avoid cancellation when K ≈ c 11ᵀ."""
+    mean_sq = 2.0 * jnp.sum(x * x) / x.shape[0]
+    return jax.lax.stop_gradient(jnp.exp(-gamma * mean_sq))
 
 
 @functools.partial(jax.jit, static_argnames=("unbiased", "tile", "mesh"))
@@ -109,9 +124,11 @@ def _cka_rbf(
     x = x - x.mean(0)
     y = y - y.mean(0)
     gamma = 1.0 / (2.0 * sigma * sigma)
-    row_k, row_l, kl, kk, ll = map_row_tiles(_rbf_row_sums, n, x, y, gamma, tile=tile, mesh=mesh)
-    if unbiased:  # zero the diagonals: K_ii = L_ii = 1 exactly (self-distance set to 0 by index)
-        row_k, row_l, kl, kk, ll = row_k - 1.0, row_l - 1.0, kl - 1.0, kk - 1.0, ll - 1.0
+    shift_k, shift_l = _rbf_shift(x, gamma), _rbf_shift(y, gamma)
+    row_k, row_l, kl, kk, ll = map_row_tiles(_rbf_row_sums, n, x, y, gamma, shift_k, shift_l, tile=tile, mesh=mesh)
+    if unbiased:  # zero the diagonals, which are exactly 1 − shift
+        dk, dl = 1.0 - shift_k, 1.0 - shift_l
+        row_k, row_l, kl, kk, ll = row_k - dk, row_l - dl, kl - dk * dl, kk - dk * dk, ll - dl * dl
     total_k, total_l = row_k.sum(), row_l.sum()
 
     def hsic(trace: jax.Array, total_a: jax.Array, total_b: jax.Array, row_a: jax.Array, row_b: jax.Array):

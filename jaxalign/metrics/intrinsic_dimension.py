@@ -1,0 +1,337 @@
+"""Intrinsic dimension from nearest-neighbour distances: TwoNN and the Levina–Bickel MLE (SPEC §5).
+
+Both estimators read only the sorted Euclidean distances T_1 ≤ T_2 ≤ … of every point to its nearest *other* points,
+i.e. a :func:`jaxalign.neighbors.knn` graph with ``metric="euclidean"`` (O(N·k) memory, reusable through ``graph=``).
+
+- **TwoNN** (Facco, d'Errico, Rodriguez & Laio 2017, "Estimating the intrinsic dimension of datasets by a minimal
+  neighborhood information", Sci. Rep. 7:12140; DADApy 0.3.4 ``Data.compute_id_2NN``). With μ_i = T_2(i)/T_1(i),
+  F(μ) = 1 − μ^(−d), so −log(1 − F(μ)) = d·log μ:
+
+  - ``algorithm="base"``: sort log μ ascending and keep the smallest n_eff = int(mu_fraction·N); regress
+    y_i = −log(1 − i/N), i = 1..n_eff (denominator N, not n_eff) on x_i = the i-th sorted log μ through the origin:
+    d = Σ x_i y_i / Σ x_i² (DADApy fits the same one-parameter model with ``curve_fit``).
+  - ``algorithm="ml"``: d = (N − 1) / Σ_i log μ_i over all points (mu_fraction is not used).
+
+- **MLE** (Levina & Bickel 2004, "Maximum likelihood estimation of intrinsic dimension", NIPS 17; scikit-dimension
+  0.5.0 ``MLE().fit(X, n_neighbors=k, comb=...)``): per point, with the k nearest other points,
+  m_k(x) = (k − 1) / Σ_{j=1..k−1} log(T_k/T_j) (``unbiased=True``: k − 2 instead of k − 1). ``comb="mle"`` pools
+  them as 1 / mean(1/m_k) (MacKay & Ghahramani's correction), ``"mean"`` is the arithmetic mean and ``"median"``
+  the median.
+
+**Duplicate rows** make T_1 = 0 and both estimators degenerate (the anchors return inf, NaN or 0 with a warning).
+``on_duplicates="raise"`` rejects them; ``on_duplicates="drop"`` (default) estimates on the *distinct* rows, exactly as
+if ``np.unique(x, axis=0)`` had been passed: every point's copies are skipped in its neighbour list, a group of
+identical neighbours counts once, each group of identical rows contributes one point, and N in the formulas is the
+number of distinct rows. This is done by masking inside the jit-compiled core (pure; no boolean indexing), so it
+also runs under ``jax.jit``. It needs a graph wide enough to see past the copies; the eager wrapper widens the graph
+it builds (and warns with the counts), and under ``jit`` a too-narrow graph gives NaN rather than a wrong number.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxalign._checks import as_features, check_k, is_concrete
+from jaxalign.neighbors import NeighborGraph, knn
+
+__all__ = ["ALGORITHMS", "COMBS", "DUPLICATE_POLICIES", "distinct_neighbor_distances", "mle_id", "twonn"]
+
+ALGORITHMS = ("base", "ml")
+COMBS = ("mle", "mean", "median")
+DUPLICATE_POLICIES = ("drop", "raise")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Distances to distinct neighbours (duplicate handling by masking)
+
+
+def distinct_neighbor_distances(
+    indices: jax.Array, values: jax.Array, k: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Distances from every point to its ``k`` nearest *distinct* other rows, read from a Euclidean kNN graph.
+
+    Rows at distance exactly 0 are copies of one another. Each group of copies is named by its smallest row index
+    (its representative), which every member sees among its zero-distance neighbours when the graph is wide enough.
+    In row i of the graph, entries at distance 0 (i's own copies) are skipped and, of several copies of the same
+    neighbour, only the first counts: the remaining distances are those i would have in the deduplicated data set.
+
+    Args:
+      indices: (N, K) neighbour indices (self excluded), nearest first.
+      values: (N, K) Euclidean distances, ascending.
+      k: distinct neighbours wanted, ``k <= K``.
+
+    Returns:
+      ``(dist, keep, complete)``: ``dist`` (N, k) distances to the first k distinct neighbours; ``keep`` (N,) True
+      for the representative of each group of identical rows (so ``keep.sum()`` is the number of distinct rows);
+      ``complete`` (N,) True where the graph row held k distinct neighbours and all of the point's copies. The
+      result is exact when ``complete`` holds for every kept row; otherwise the graph was too narrow.
+    """
+    n, width = indices.shape
+    arange = jnp.arange(n, dtype=indices.dtype)
+    zero = values == 0
+    n_copies = zero.sum(1)
+    rep = jnp.minimum(arange, jnp.where(zero, indices, n).min(1))
+    keep = rep == arange
+    group = jnp.where(zero, -1, rep[indices])
+    order = jnp.argsort(group, axis=1, stable=True)  # stable: within a group its nearest entry comes first
+    sorted_group = jnp.take_along_axis(group, order, 1)
+    first_sorted = jnp.concatenate([jnp.ones((n, 1), bool), sorted_group[:, 1:] != sorted_group[:, :-1]], axis=1)
+    first = jnp.take_along_axis(first_sorted, jnp.argsort(order, axis=1), 1)
+    valid = first & ~zero
+    position = jnp.argsort(~valid, axis=1, stable=True)[:, :k]  # valid entries first, in distance order
+    dist = jnp.take_along_axis(values, position, 1)
+    complete = (valid.sum(1) >= k) & (n_copies < width)
+    return dist, keep, complete
+
+
+def _neighbour_distances(
+    graph: NeighborGraph, k: int, on_duplicates: str
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(dist (N, k), keep (N,), number of points used, invalid flag) under the duplicate policy.
+
+    ``"raise"``: the graph's first k distances for every point (the wrapper also uses this path once it has checked
+    that there are no duplicates); the flag is set when any point has a copy. ``"drop"``: distances to distinct
+    neighbours of the distinct rows; the flag is set when the graph is too narrow for that.
+    """
+    if on_duplicates == "raise":
+        dist = graph.values[:, :k]
+        keep = jnp.ones(graph.n, bool)
+        return dist, keep, jnp.asarray(graph.n), (graph.values[:, 0] == 0).any()
+    dist, keep, complete = distinct_neighbor_distances(graph.indices, graph.values, k)
+    return dist, keep, keep.sum(), ~(complete | ~keep).all()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Jit-compiled cores
+
+
+@functools.partial(jax.jit, static_argnames=("algorithm", "mu_fraction", "on_duplicates"))
+def _twonn_core(graph: NeighborGraph, *, algorithm: str, mu_fraction: float, on_duplicates: str) -> jax.Array:
+    dist, keep, n_used, invalid = _neighbour_distances(graph, 2, on_duplicates)
+    dtype = dist.dtype
+    n_used_f = n_used.astype(dtype)
+    log_mu = jnp.where(keep, jnp.log(dist[:, 1] / jnp.where(keep, dist[:, 0], 1)), 0)
+    if algorithm == "ml":
+        d = (n_used_f - 1) / log_mu.sum()
+    else:
+        n = graph.n
+        # n_eff = int(n_used * mu_fraction) exactly as Python computes it (float64 product, truncated), by table
+        n_eff = jnp.asarray((np.arange(n + 1) * mu_fraction).astype(np.int32))[n_used]
+        x = jnp.sort(jnp.where(keep, log_mu, jnp.inf))
+        i = jnp.arange(1, n + 1)
+        fit = i <= n_eff
+        y = -jnp.log1p(-jnp.where(fit, i.astype(dtype) / n_used_f, 0))
+        x = jnp.where(fit, x, 0)
+        d = (x * y).sum() / (x * x).sum()
+    return jnp.where(invalid, jnp.nan, d).astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "comb", "unbiased", "on_duplicates"))
+def _mle_core(graph: NeighborGraph, *, k: int, comb: str, unbiased: bool, on_duplicates: str) -> jax.Array:
+    dist, keep, n_used, invalid = _neighbour_distances(graph, k, on_duplicates)
+    dtype = dist.dtype
+    n_used_f = n_used.astype(dtype)
+    kfac = k - 2 if unbiased else k - 1
+    safe = jnp.where(keep[:, None], dist, 1)
+    log_sum = jnp.log(safe[:, -1:] / safe).sum(1)  # Σ_j log(T_k / T_j); the j = k term is 0
+    if comb == "mle":
+        d = kfac / (jnp.where(keep, log_sum, 0).sum() / n_used_f)
+    else:
+        m = kfac / log_sum
+        if comb == "mean":
+            d = jnp.where(keep, m, 0).sum() / n_used_f
+        else:  # median of the kept values, as np.median (mean of the two middle ones for an even count)
+            s = jnp.sort(jnp.where(keep, m, jnp.inf))
+            d = (s[(n_used - 1) // 2] + s[n_used // 2]) / 2
+    return jnp.where(invalid, jnp.nan, d).astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Eager validation and graph preparation
+
+
+def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+def _euclidean_graph(
+    x: Any,
+    graph: NeighborGraph | None,
+    k: int,
+    on_duplicates: str,
+    tile: int | None,
+    mesh: Mesh | str | None,
+    estimator: str,
+) -> tuple[NeighborGraph, str]:
+    """A Euclidean, self-excluded kNN graph of ``x`` wide enough for ``k`` distinct neighbours, and the policy the core
+    should apply to it.
+
+    Eagerly (concrete values): no duplicates → the graph truncated to ``k`` and policy ``"raise"`` (the plain path,
+    no masking needed); duplicates → ValueError (``on_duplicates="raise"``) or a warning and, when needed, a wider
+    graph so every distinct row sees ``k`` distinct neighbours. Under ``jit`` the graph is returned as given with
+    the caller's policy (the core masks, or returns NaN).
+    """
+    user_graph = graph is not None
+    if x is not None:
+        x = as_features(x, "x", min_rows=k + 1)
+    if graph is None:
+        if x is None:
+            raise ValueError("`x` is None and no `graph` was given; pass the (N, d) features or a knn graph.")
+        graph = knn(x, k, metric="euclidean", tile=tile, mesh=mesh)
+    else:
+        if not isinstance(graph, NeighborGraph):
+            raise ValueError(f"`graph` must be a NeighborGraph from jaxalign.knn, got {type(graph).__name__}.")
+        if graph.metric != "euclidean" or not graph.exclude_self:
+            raise ValueError(
+                f"`graph` was built with metric={graph.metric!r}, exclude_self={graph.exclude_self}; {estimator} "
+                f"needs Euclidean distances to the other points: build it with knn(x, k, metric='euclidean')."
+            )
+        if x is not None and x.shape[0] != graph.n:
+            raise ValueError(
+                f"`graph` has {graph.n} rows but `x` has {x.shape[0]}; pass the graph of `x` itself "
+                "(or only the graph, with x=None)."
+            )
+        if graph.n < k + 1:
+            raise ValueError(f"`graph` has {graph.n} rows; {estimator} needs at least {k + 1} points.")
+        if graph.k < k:
+            raise ValueError(
+                f"`graph` holds {graph.k} neighbours per point but {estimator} needs {k}; build it with "
+                f"knn(x, {k}, metric='euclidean') or larger."
+            )
+    if not is_concrete(graph.values):
+        return (graph.truncate(k) if on_duplicates == "raise" and graph.k > k else graph), on_duplicates
+
+    n = graph.n
+    n_dup = int((graph.values[:, 0] == 0).sum())
+    if n_dup == 0:
+        return (graph.truncate(k) if graph.k > k else graph), "raise"
+    if on_duplicates == "raise":
+        raise ValueError(
+            f"`x` has {n_dup} rows with an exact duplicate (nearest-neighbour distance 0), for which {estimator} "
+            "divides by zero. Deduplicate the rows first (np.unique(x, axis=0)) or pass on_duplicates='drop'."
+        )
+    while True:
+        _, keep, complete = _distinct_jit(graph.indices, graph.values, k)
+        if bool((complete | ~keep).all()):
+            break
+        if graph.k >= n - 1:
+            raise ValueError(
+                f"`x` has only {int(keep.sum())} distinct rows; {estimator} needs at least {k + 1}. "
+                "Pass more distinct samples."
+            )
+        if user_graph:
+            raise ValueError(
+                f"`graph` holds {graph.k} neighbours per point, too few to see past the duplicate rows of `x` "
+                f"({n_dup} rows have an exact copy): every row must reach past its own copies and its neighbours'. "
+                f"Build a wider graph (e.g. knn(x, {min(2 * graph.k, n - 1)}, metric='euclidean')) or deduplicate the "
+                "rows first (np.unique(x, axis=0))."
+            )
+        graph = knn(x, min(2 * graph.k, n - 1), metric="euclidean", tile=tile, mesh=mesh)
+    n_distinct = int(keep.sum())
+    warnings.warn(
+        f"`x` has {n_dup} rows with an exact duplicate; dropped {n - n_distinct} repeated rows and estimated "
+        f"{estimator} on the {n_distinct} distinct rows. Deduplicate first (np.unique(x, axis=0)) to silence this.",
+        stacklevel=3,
+    )
+    return graph, on_duplicates
+
+
+_distinct_jit = jax.jit(distinct_neighbor_distances, static_argnames=("k",))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Public estimators
+
+
+def twonn(
+    x: Any,
+    *,
+    algorithm: str = "base",
+    mu_fraction: float = 0.9,
+    on_duplicates: str = "drop",
+    graph: NeighborGraph | None = None,
+    tile: int | None = None,
+    mesh: Mesh | str | None = "auto",
+) -> jax.Array:
+    """TwoNN intrinsic dimension (Facco et al. 2017), DADApy 0.3.4 ``Data(x).compute_id_2NN()`` conventions.
+
+    μ_i = T_2(i)/T_1(i), the ratio of the distances to the second and first nearest neighbours.
+    ``"base"``: least-squares slope through the origin of y_i = −log(1 − i/N) on the i-th smallest log μ,
+    i = 1..int(mu_fraction·N). ``"ml"``: (N − 1) / Σ log μ_i. As in DADApy, ``mu_fraction = 1`` with ``"base"``
+    switches to ``"ml"`` (the last y_i would be infinite).
+
+    Args:
+      x: (N, d) features (N ≥ 3), or None when ``graph`` is given.
+      algorithm: ``"base"`` (linear fit, DADApy's default) or ``"ml"`` (maximum likelihood).
+      mu_fraction: fraction of the smallest μ kept by ``"base"``, in (0, 1].
+      on_duplicates: ``"drop"``: estimate on the distinct rows (as ``np.unique(x, axis=0)``), with a warning that
+        counts them; ``"raise"``: ValueError. Under ``jit`` nothing can warn or raise: ``"raise"`` returns NaN when
+        there are duplicates, ``"drop"`` returns NaN when ``graph`` is too narrow to see past them.
+      graph: a precomputed ``knn(x, k >= 2, metric="euclidean")`` graph (one search serves TwoNN and MLE).
+      tile, mesh: passed to :func:`jaxalign.knn` when a graph is built.
+
+    Returns:
+      The intrinsic dimension, a scalar in the dtype of the distances.
+    """
+    _check_choice(algorithm, "algorithm", ALGORITHMS)
+    _check_choice(on_duplicates, "on_duplicates", DUPLICATE_POLICIES)
+    if isinstance(mu_fraction, bool) or not isinstance(mu_fraction, (int, float)) or not 0.0 < mu_fraction <= 1.0:
+        raise ValueError(f"`mu_fraction` must be a number in (0, 1], got {mu_fraction!r}.")
+    mu_fraction = float(mu_fraction)
+    if algorithm == "base" and math.isclose(mu_fraction, 1.0):
+        algorithm = "ml"
+    g, policy = _euclidean_graph(x, graph, 2, on_duplicates, tile, mesh, "TwoNN")
+    if algorithm == "base" and int(g.n * mu_fraction) < 1:
+        raise ValueError(f"`mu_fraction`={mu_fraction} keeps no point of N={g.n}; raise it (default 0.9).")
+    return _twonn_core(g, algorithm=algorithm, mu_fraction=mu_fraction, on_duplicates=policy)
+
+
+def mle_id(
+    x: Any,
+    *,
+    k: int = 20,
+    comb: str = "mle",
+    unbiased: bool = False,
+    on_duplicates: str = "drop",
+    graph: NeighborGraph | None = None,
+    tile: int | None = None,
+    mesh: Mesh | str | None = "auto",
+) -> jax.Array:
+    """Levina–Bickel maximum-likelihood intrinsic dimension, scikit-dimension 0.5.0 ``MLE().fit(x, n_neighbors=k)``.
+
+    Per point m_k = (k − 1) / Σ_{j=1..k−1} log(T_k/T_j) over its k nearest other points (``unbiased``: k − 2);
+    ``comb="mle"``: 1 / mean(1/m_k) = (k − 1) N / Σ_i Σ_j log(T_k/T_j); ``"mean"``: mean of m_k; ``"median"``.
+
+    Args:
+      x: (N, d) features (N > k), or None when ``graph`` is given.
+      k: neighbours per point (self excluded), ``3 <= k <= N-1``. k = 2 is refused: the per-point estimate
+        1/log(T_2/T_1) has infinite expectation (log μ is exponential), so ``"mean"`` does not converge, and
+        ``unbiased`` would give 0/0. scikit-dimension clamps k ≥ N to N − 1 with a warning; this raises instead.
+      comb: ``"mle"`` (pooled, scikit-dimension's default), ``"mean"`` or ``"median"``.
+      unbiased: use k − 2 in the numerator (unbiased when there is no noise or boundary).
+      on_duplicates: as in :func:`twonn` (``"drop"``: estimate on the distinct rows, with a warning).
+      graph: a precomputed ``knn(x, k' >= k, metric="euclidean")`` graph.
+      tile, mesh: passed to :func:`jaxalign.knn` when a graph is built.
+
+    Returns:
+      The intrinsic dimension, a scalar in the dtype of the distances (inf where a point's k distances are equal).
+    """
+    _check_choice(comb, "comb", COMBS)
+    _check_choice(on_duplicates, "on_duplicates", DUPLICATE_POLICIES)
+    if not isinstance(unbiased, (bool, np.bool_)):
+        raise ValueError(f"`unbiased` must be True or False, got {unbiased!r}.")
+    if x is not None:
+        x = as_features(x, "x")
+    if isinstance(graph, NeighborGraph) or x is not None:
+        check_k(k, graph.n if isinstance(graph, NeighborGraph) else x.shape[0], "k", low=3)
+    g, policy = _euclidean_graph(x, graph, k, on_duplicates, tile, mesh, "MLE")
+    return _mle_core(g, k=int(k), comb=comb, unbiased=bool(unbiased), on_duplicates=policy)
