@@ -30,7 +30,9 @@ __all__ = ["METRICS", "NeighborGraph", "knn", "membership"]
 METRICS = ("ip", "euclidean")
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["indices", "values"], meta_fields=["metric", "exclude_self"])
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["indices", "values"], meta_fields=["metric", "exclude_self"]
+)
 @dataclasses.dataclass(frozen=True)
 class NeighborGraph:
     """k nearest neighbours of every point.

@@ -209,8 +209,8 @@ def dcor_sqr(
     """Squared distance correlation (biased V-statistic), dcor 0.7 ``distance_correlation_sqr``.
 
     dCor²(X, Y) = dCov²(X, Y) / sqrt(dVar²(X) dVar²(Y)), dCov² = S1/n² − 2 S2/n³ + S3/n⁴ with a_ij = ‖x_i − x_j‖^p
-    (Székely, Rizzo & Bakirov 2007). In [0, 1]. A constant embedding raises ValueError (under jit, where it cannot be checked, the result is 0 as in
-    dcor 0.7).
+    (Székely, Rizzo & Bakirov 2007). In [0, 1]. A constant embedding raises ValueError (under jit, where it cannot
+    be checked, the result is 0 as in dcor 0.7).
 
     Args:
       x: (N, d_x) features (numpy, jax or torch).
