@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 from jaxalign._checks import as_features, check_k
 from jaxalign.tiling import TILE_BUDGET, default_tile, map_row_tiles, resolve_mesh, safe_sqrt
 
-__all__ = ["METRICS", "NeighborGraph", "knn", "membership"]
+__all__ = ["METRICS", "NeighborGraph", "knn", "membership", "neighbor_graph"]
 
 METRICS = ("ip", "euclidean")
 
@@ -63,15 +63,15 @@ class NeighborGraph:
         return NeighborGraph(self.indices[:, :k], self.values[:, :k], self.metric, self.exclude_self)
 
 
-def _topk_tile(rows: jax.Array, x: jax.Array, sq: jax.Array, *, k: int, metric: str, exclude_self: bool):
-    a = x[rows]
-    prod = jnp.matmul(a, x.T, precision=jax.lax.Precision.HIGHEST)
-    score = prod if metric == "ip" else 2.0 * prod - sq[rows][:, None] - sq[None, :]
+def _topk_tile(rows, queries, q_sq, reference, r_sq, *, k: int, metric: str, exclude_self: bool):
+    a = queries[rows]
+    prod = jnp.matmul(a, reference.T, precision=jax.lax.Precision.HIGHEST)
+    score = prod if metric == "ip" else 2.0 * prod - q_sq[rows][:, None] - r_sq[None, :]
     if exclude_self:
         score = score.at[jnp.arange(rows.shape[0]), rows].set(-jnp.inf)
     values, indices = jax.lax.top_k(score, k)
     if metric == "euclidean":
-        diff = a[:, None, :] - x[indices]
+        diff = a[:, None, :] - reference[indices]
         values = safe_sqrt((diff * diff).sum(-1))
         order = jnp.argsort(values, axis=1, stable=True)
         values = jnp.take_along_axis(values, order, 1)
@@ -80,45 +80,84 @@ def _topk_tile(rows: jax.Array, x: jax.Array, sq: jax.Array, *, k: int, metric: 
 
 
 @functools.partial(jax.jit, static_argnames=("k", "metric", "exclude_self", "tile", "mesh"))
-def _knn(x: jax.Array, *, k: int, metric: str, exclude_self: bool, tile: int, mesh: Mesh | None) -> NeighborGraph:
+def neighbor_graph(
+    queries: jax.Array,
+    reference: jax.Array | None = None,
+    *,
+    k: int,
+    metric: str = "ip",
+    exclude_self: bool = True,
+    tile: int | None = None,
+    mesh: Mesh | None = None,
+) -> NeighborGraph:
+    """The unvalidated, jit-compiled core of :func:`knn`, for use inside other jitted functions.
+
+    ``reference=None`` searches ``queries`` against themselves (``exclude_self`` applies); otherwise each query row
+    is matched against the rows of ``reference`` (``exclude_self`` must be False).
+    """
+    self_search = reference is None
+    reference = queries if self_search else reference
     if metric == "euclidean":
-        x = x - x.mean(0)
-    sq = (x * x).sum(1)
-    fn = functools.partial(_topk_tile, k=k, metric=metric, exclude_self=exclude_self)
-    indices, values = map_row_tiles(fn, x.shape[0], x, sq, tile=tile, mesh=mesh)
-    return NeighborGraph(indices, values, metric, exclude_self)
+        mean = reference.mean(0)
+        queries, reference = queries - mean, reference - mean
+        if self_search:
+            queries = reference
+    r_sq = (reference * reference).sum(1)
+    q_sq = r_sq if self_search else (queries * queries).sum(1)
+    tile = default_tile(queries.shape[0], reference.shape[0]) if tile is None else tile
+    fn = functools.partial(_topk_tile, k=k, metric=metric, exclude_self=exclude_self and self_search)
+    indices, values = map_row_tiles(fn, queries.shape[0], queries, q_sq, reference, r_sq, tile=tile, mesh=mesh)
+    return NeighborGraph(indices, values, metric, exclude_self and self_search)
 
 
 def knn(
     x: Any,
     k: int,
     *,
+    reference: Any = None,
     metric: str = "ip",
     exclude_self: bool = True,
     tile: int | None = None,
     mesh: Mesh | str | None = "auto",
 ) -> NeighborGraph:
-    """Exact k-nearest-neighbour graph of the rows of ``x``.
+    """Exact k-nearest-neighbour graph of the rows of ``x`` (among themselves, or in ``reference``).
 
     Args:
-      x: (N, d) features (numpy, jax or torch).
-      k: neighbours per point, ``1 <= k <= N-1`` (``<= N`` when ``exclude_self=False``).
+      x: (N, d) features (numpy, jax or torch): the query points.
+      k: neighbours per point, ``1 <= k <= N-1`` (``<= N`` when ``exclude_self=False``; ``<= N_ref`` with a
+        reference).
+      reference: optional (N_ref, d) points to search in (e.g. training rows for test queries); the point itself
+        is then not special.
       metric: ``"ip"`` (largest inner product, platonic-rep's kNN) or ``"euclidean"`` (smallest distance).
       exclude_self: drop the point itself by index (platonic-rep's unbiased CKNNA keeps it when False).
-      tile: rows per tile; default keeps one (tile, N) block near 32 MiB.
+      tile: rows per tile; default keeps one (tile, N_ref) block near 32 MiB.
       mesh: 1-D device mesh splitting the row tiles, ``"auto"`` (all devices) or ``None``.
 
     Returns:
-      A :class:`NeighborGraph` with (N, k) indices and values. Time O(N² d), memory O(tile·N + N·k).
+      A :class:`NeighborGraph` with (N, k) indices (into ``reference`` when given) and values.
+      Time O(N · N_ref · d), memory O(tile · N_ref + N · k).
     """
     if metric not in METRICS:
         raise ValueError(f"`metric` must be one of {METRICS}, got {metric!r}.")
-    x = as_features(x, "x")
-    n = x.shape[0]
-    k = check_k(k, n, "k", high=n - 1 if exclude_self else n)
+    x = as_features(x, "x", min_rows=1 if reference is not None else 2)
+    if reference is not None:
+        reference = as_features(reference, "reference", min_rows=1)
+        if reference.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"`reference` has {reference.shape[1]} features but `x` has {x.shape[1]}; both must live in the "
+                "same feature space."
+            )
+        exclude_self = False
+        n_ref = reference.shape[0]
+        k = check_k(k, n_ref + 1, "k", high=n_ref)
+    else:
+        n_ref = x.shape[0]
+        k = check_k(k, n_ref, "k", high=n_ref - 1 if exclude_self else n_ref)
     if tile is None:
-        tile = default_tile(n, k * x.shape[1] if metric == "euclidean" else None, TILE_BUDGET)
-    return _knn(x, k=k, metric=metric, exclude_self=exclude_self, tile=int(tile), mesh=resolve_mesh(mesh))
+        tile = default_tile(x.shape[0], max(n_ref, k * x.shape[1] if metric == "euclidean" else 0), TILE_BUDGET)
+    return neighbor_graph(
+        x, reference, k=k, metric=metric, exclude_self=exclude_self, tile=int(tile), mesh=resolve_mesh(mesh)
+    )
 
 
 def membership(graph_indices: jax.Array, rows: jax.Array, cols: jax.Array) -> tuple[jax.Array, jax.Array]:
