@@ -122,3 +122,26 @@ def test_torch_like_and_list_inputs():
 def test_bad_inputs(x, kwargs, match):
     with pytest.raises(ValueError, match=match):
         knn(x, **kwargs)
+
+
+@settings(max_examples=10, deadline=None)
+@given(m=st.integers(1, 30), n=st.integers(2, 40), k=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_queries_against_a_reference(m, n, k, seed):
+    rng = np.random.default_rng(seed)
+    q, ref = rng.normal(size=(m, 4)), rng.normal(size=(n, 4)) + 0.5
+    k = min(k, n)
+    g = knn(q, k, reference=ref, metric="euclidean", tile=7)
+    dist = cdist(q, ref)
+    np.testing.assert_array_equal(np.asarray(g.indices), np.argsort(dist, axis=1, kind="stable")[:, :k])
+    np.testing.assert_allclose(np.asarray(g.values), np.sort(dist, axis=1)[:, :k], rtol=1e-10, atol=1e-12)
+    gi = knn(q, k, reference=ref)
+    np.testing.assert_array_equal(np.asarray(gi.indices), np.argsort(-(q @ ref.T), axis=1, kind="stable")[:, :k])
+    assert not g.exclude_self
+
+
+def test_reference_bad_inputs():
+    q = np.random.default_rng(0).normal(size=(5, 3))
+    with pytest.raises(ValueError, match="`reference` has 2 features"):
+        knn(q, 1, reference=np.ones((4, 2)))
+    with pytest.raises(ValueError, match="`k`=5"):
+        knn(q, 5, reference=np.random.default_rng(1).normal(size=(4, 3)))
