@@ -1,0 +1,146 @@
+"""Command line: ``python -m extractors list`` and ``python -m extractors run``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+_EXIT_STOPPED = 3
+
+
+def _parse_opts(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--opt expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m extractors", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="list registered models and their status")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    run = sub.add_parser("run", help="extract embeddings into DIR/<model>__<dataset>__<layer>.npz")
+    run.add_argument("--model", required=True, help="model id (see `list`)")
+    run.add_argument("--dataset", required=True, help="default | default:id | default:ood | KIND:PATH | PATH")
+    run.add_argument("--out", required=True, type=Path, help="output directory")
+    run.add_argument("--python", help="run under this interpreter (an environment holding the model's packages)")
+    run.add_argument("--n", type=int, help="seeded subsample of N structures")
+    run.add_argument("--seed", type=int, default=0, help="subsampling seed (default 0)")
+    run.add_argument("--layer", default="last", help="layer to read (default: last)")
+    run.add_argument("--batch-size", type=int, default=16)
+    run.add_argument("--chunk-size", type=int, default=256, help="structures per resumable chunk")
+    run.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="model option (JSON value)")
+    run.add_argument("--dataset-opt", action="append", default=[], metavar="KEY=VALUE", help="dataset reader option")
+    run.add_argument("--drop-single-atoms", action="store_true", help="seed 003 filter: drop 1-atom structures")
+    run.add_argument("--drop-unsupported", action="store_true", help="drop structures the model cannot embed")
+    run.add_argument("--no-atom-features", action="store_true", help="skip per-atom arrays")
+    run.add_argument("--name", help="output file stem (default <model>__<dataset>__<layer>)")
+    run.add_argument("--max-chunks", type=int, help="stop after writing this many chunks (resume later)")
+    run.add_argument("--threads", type=int, help="torch intra-op threads")
+    run.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _list(as_json: bool) -> int:
+    from extractors.registry import available, specs
+
+    rows = []
+    for spec in specs().values():
+        missing = available(spec)
+        rows.append(
+            {
+                "id": spec.id,
+                "family": spec.family,
+                "status": spec.status,
+                "here": "yes" if not missing else "missing " + ",".join(missing),
+                "description": spec.description,
+            }
+        )
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    cols = ("id", "family", "status", "here", "description")
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    print("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
+    for r in rows:
+        print("  ".join(r[c].ljust(widths[c]) for c in cols).rstrip())
+    return 0
+
+
+def _reexec(python: str, argv: list[str]) -> int:
+    """Run the same command under ``python`` with this package importable; return its exit code."""
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--python":
+            skip = True
+        elif not a.startswith("--python="):
+            args.append(a)
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return subprocess.call([python, "-m", "extractors", *args], env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        return _list(args.json)
+    if args.python:
+        if not os.access(args.python, os.X_OK):
+            print(f"error: --python {args.python} is not an executable interpreter", file=sys.stderr)
+            return 2
+        return _reexec(args.python, argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from extractors.runner import ExtractionStopped, run_extraction
+
+    try:
+        path = run_extraction(
+            args.model,
+            args.dataset,
+            args.out,
+            n=args.n,
+            seed=args.seed,
+            layer=args.layer,
+            batch_size=args.batch_size,
+            chunk_size=args.chunk_size,
+            options=_parse_opts(args.opt),
+            dataset_options=_parse_opts(args.dataset_opt),
+            drop_single_atoms=args.drop_single_atoms,
+            drop_unsupported=args.drop_unsupported,
+            atom_features=not args.no_atom_features,
+            name=args.name,
+            progress=not args.no_progress,
+            max_chunks=args.max_chunks,
+        )
+    except ExtractionStopped as stop:
+        print(f"[extractors] {stop}", file=sys.stderr)
+        return _EXIT_STOPPED
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

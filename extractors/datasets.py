@@ -1,0 +1,419 @@
+"""Dataset readers: ordered records with stable ids.
+
+Every reader returns a list of :class:`Record` in a fixed order; the id of a record depends only on the source data
+(file name, row id, index), never on sampling, so two extractions of the same dataset line up row by row. A dataset
+is named by a spec string, parsed by :func:`load_dataset`:
+
+==================  =====================================================================================
+``default``         ASE's g2 (162 molecules), s22 (22 dimers) and dcdft (71 elemental crystals) plus seeded
+                    rattled (in-distribution) and strained (out-of-distribution) copies; ``default:id`` and
+                    ``default:ood`` select one split.
+``extxyz:PATH``     extended XYZ (MAD, LPS): one record per frame.
+``asedb:PATH``      ASE database: ``.db`` (SQLite), ``.json``, ``.aselmdb`` (OMat24, OMol25, sAlex; read through
+                    ``ase-db-backends``).
+``qm9:PATH``        QM9 in its original archive format: a directory of ``dsgdb9nsd_*.xyz`` files or the
+                    ``.tar``/``.tar.bz2`` archive (SMILES from the file's SMILES line, energy U0 from its property
+                    line, converted from hartree to eV).
+``pdb:PATH``        RCSB mmCIF/PDB file or directory: one record per protein chain (sequence and Cα coordinates).
+``smiles:PATH``     CSV with a ``smiles`` column (optional ``id`` and ``energy`` columns).
+==================  =====================================================================================
+
+A bare path is read by its extension. :func:`filter_records` implements seed 003's filters (drop single-atom
+structures and structures with elements a model does not support) and :func:`subsample` the seeded draw of N.
+Only numpy and ASE are imported at module level; RDKit and Biopython load when their reader runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import re
+import tarfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "HARTREE_TO_EV",
+    "Record",
+    "filter_records",
+    "load_dataset",
+    "read_asedb",
+    "read_default",
+    "read_extxyz",
+    "read_pdb",
+    "read_qm9",
+    "read_smiles_csv",
+    "structure_text",
+    "subsample",
+]
+
+HARTREE_TO_EV = 27.211386245988  # CODATA 2018, as ase.units.Hartree
+_ENERGY_KEYS = ("energy", "REF_energy", "dft_energy", "total_energy", "Energy")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Record:
+    """One sample of a dataset.
+
+    ``atoms`` is an ``ase.Atoms`` (None for SMILES-only and protein records), ``smiles`` the SMILES when the data
+    gives one, ``sequence`` the one-letter protein sequence, ``ca_coords`` the (L, 3) Cα coordinates, ``energy`` the
+    reference energy in eV when the data has it, ``split`` ``"id"``/``"ood"`` for the default dataset.
+    """
+
+    id: str
+    atoms: Any = None
+    smiles: str | None = None
+    sequence: str | None = None
+    ca_coords: np.ndarray | None = None
+    energy: float | None = None
+    split: str | None = None
+
+    @property
+    def n_atoms(self) -> int:
+        return 0 if self.atoms is None else len(self.atoms)
+
+
+# --------------------------------------------------------------------------------------------------- default set
+def _ase_collections() -> list[tuple[str, Any]]:
+    from ase.collections import dcdft, g2, s22
+
+    out: list[tuple[str, Any]] = []
+    for tag, coll in (("g2", g2), ("s22", s22), ("dcdft", dcdft)):
+        out.extend((f"{tag}/{name}", coll[name]) for name in coll.names)
+    return out
+
+
+def _rattled(atoms: Any, rng: np.random.Generator, stdev: float) -> Any:
+    new = atoms.copy()
+    new.positions = new.positions + rng.normal(scale=stdev, size=new.positions.shape)
+    return new
+
+
+def _strained(atoms: Any, rng: np.random.Generator, strain: float, stdev: float) -> Any:
+    """Scale by ``1 ± strain`` (a random sign per axis; about the centroid for molecules), then rattle."""
+    new = atoms.copy()
+    factors = 1.0 + strain * rng.choice([-1.0, 1.0], size=3)
+    if new.pbc.any():
+        new.set_cell(new.cell[:] * factors[None, :], scale_atoms=True)
+    else:
+        centre = new.positions.mean(axis=0)
+        new.positions = centre + (new.positions - centre) * factors[None, :]
+    return _rattled(new, rng, stdev)
+
+
+def read_default(
+    *,
+    split: str | None = None,
+    seed: int = 0,
+    n_rattled: int = 1,
+    n_strained: int = 1,
+    rattle: float = 0.02,
+    strain: float = 0.12,
+    ood_rattle: float = 0.1,
+) -> list[Record]:
+    """The embedded default dataset: ASE's g2, s22 and dcdft collections plus seeded perturbed copies.
+
+    Each of the 255 originals gives ``n_rattled`` copies rattled by ``rattle`` Å (Gaussian, in-distribution: split
+    ``"id"``, with the original) and ``n_strained`` copies strained by ``strain`` along each axis and rattled by
+    ``ood_rattle`` Å (out-of-distribution: split ``"ood"``). Copy j of original i uses
+    ``default_rng([seed, i, j, kind])``, so ids and coordinates do not depend on which records are kept.
+    """
+    if split not in (None, "id", "ood"):
+        raise ValueError(f"`split` must be None, 'id' or 'ood', got {split!r}.")
+    records: list[Record] = []
+    for i, (name, atoms) in enumerate(_ase_collections()):
+        records.append(Record(id=name, atoms=atoms, split="id"))
+        for j in range(n_rattled):
+            rng = np.random.default_rng([seed, i, j, 0])
+            records.append(Record(id=f"{name}/rattle{j}", atoms=_rattled(atoms, rng, rattle), split="id"))
+        for j in range(n_strained):
+            rng = np.random.default_rng([seed, i, j, 1])
+            new = _strained(atoms, rng, strain, ood_rattle)
+            records.append(Record(id=f"{name}/strain{j}", atoms=new, split="ood"))
+    if split is not None:
+        records = [r for r in records if r.split == split]
+    return records
+
+
+# --------------------------------------------------------------------------------------------------- file readers
+def _atoms_energy(atoms: Any) -> float | None:
+    calc = getattr(atoms, "calc", None)
+    if calc is not None and "energy" in getattr(calc, "results", {}):
+        return float(calc.results["energy"])
+    for key in _ENERGY_KEYS:
+        if key in atoms.info:
+            return float(atoms.info[key])
+    return None
+
+
+def read_extxyz(path: str | Path, *, id_key: str | None = None) -> list[Record]:
+    """Extended XYZ: one record per frame, id ``<stem>:<frame>`` (or ``atoms.info[id_key]``), energy from the
+    attached calculator or ``info['energy' | 'REF_energy' | ...]``."""
+    from ase.io import read
+
+    path = Path(path)
+    frames = read(path, index=":", format="extxyz")
+    out = []
+    for i, atoms in enumerate(frames):
+        rid = str(atoms.info[id_key]) if id_key and id_key in atoms.info else f"{path.stem}:{i}"
+        out.append(Record(id=rid, atoms=atoms, smiles=atoms.info.get("smiles"), energy=_atoms_energy(atoms)))
+    return out
+
+
+def read_asedb(path: str | Path, *, selection: str | None = None) -> list[Record]:
+    """ASE database (``.db``, ``.json``, ``.aselmdb`` via ``ase-db-backends``): id ``<stem>:<row id>``, energy
+    from the row's stored calculator results or its ``energy`` key-value pair."""
+    import ase.db
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"ASE database {path} does not exist.")
+    kind = "aselmdb" if path.suffix == ".aselmdb" else "extract_from_name"
+    out = []
+    with ase.db.connect(str(path), type=kind) as db:
+        for row in db.select(selection):
+            atoms = row.toatoms()
+            energy = row.get("energy")
+            kv = row.get("key_value_pairs", {}) or {}
+            if energy is None and "energy" in kv:
+                energy = kv["energy"]
+            smiles = kv.get("smiles")
+            out.append(
+                Record(
+                    id=f"{path.stem}:{row.id}",
+                    atoms=atoms,
+                    smiles=smiles,
+                    energy=None if energy is None else float(energy),
+                )
+            )
+    return out
+
+
+_QM9_FLOAT = re.compile(r"\*\^")
+
+
+def _qm9_float(token: str) -> float:
+    return float(_QM9_FLOAT.sub("e", token))
+
+
+def parse_qm9_xyz(text: str, name: str) -> Record:
+    """One QM9 ``dsgdb9nsd_NNNNNN.xyz`` file (Ramakrishnan et al. 2014 format).
+
+    Line 1: number of atoms n; line 2: ``gdb <index>`` and 15 properties (A, B, C, μ, α, HOMO, LUMO, gap, ⟨R²⟩,
+    ZPVE, U0, U, H, G, Cv; energies in hartree); n lines ``element x y z charge`` (``*^`` exponents); then
+    harmonic frequencies, the SMILES line (GDB-17 SMILES, B3LYP-relaxed SMILES) and the InChI line. The record
+    takes the relaxed-geometry SMILES and U0 in eV.
+    """
+    from ase import Atoms
+
+    lines = text.strip("\n").splitlines()
+    try:
+        n = int(lines[0].split()[0])
+        props = lines[1].split()
+        if props[0] != "gdb" or len(props) < 17:
+            raise ValueError(f"property line should start with 'gdb' and hold 17 fields, got {lines[1]!r}")
+        index = int(props[1])
+        u0 = _qm9_float(props[12])
+        symbols, positions = [], []
+        for line in lines[2 : 2 + n]:
+            tok = line.split()
+            symbols.append(tok[0])
+            positions.append([_qm9_float(t) for t in tok[1:4]])
+        smiles_tok = lines[3 + n].split()
+    except (IndexError, ValueError) as err:
+        raise ValueError(f"{name} is not a QM9 xyz file ({err}).") from None
+    smiles = smiles_tok[-1] if smiles_tok else None
+    atoms = Atoms(symbols=symbols, positions=np.asarray(positions))
+    return Record(id=f"gdb_{index}", atoms=atoms, smiles=smiles, energy=u0 * HARTREE_TO_EV)
+
+
+def read_qm9(path: str | Path) -> list[Record]:
+    """QM9 from a directory of ``*.xyz`` files or a ``.tar``/``.tar.bz2`` archive of them, sorted by gdb index."""
+    path = Path(path)
+    records = []
+    if path.is_dir():
+        for f in sorted(path.glob("*.xyz")):
+            records.append(parse_qm9_xyz(f.read_text(), f.name))
+    elif tarfile.is_tarfile(path):
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".xyz"):
+                    text = tar.extractfile(member).read().decode()  # type: ignore[union-attr]
+                    records.append(parse_qm9_xyz(text, member.name))
+    elif path.suffix == ".xyz":
+        records.append(parse_qm9_xyz(path.read_text(), path.name))
+    else:
+        raise ValueError(f"QM9 path {path} is neither a directory of .xyz files nor a tar archive.")
+    records.sort(key=lambda r: int(r.id.split("_")[1]))
+    return records
+
+
+def _protein_records(structure: Any, stem: str) -> list[Record]:
+    from Bio.Data.PDBData import protein_letters_3to1_extended
+    from Bio.PDB.Polypeptide import is_aa
+
+    out = []
+    model = next(iter(structure))  # first model (NMR files hold several)
+    for chain in model:
+        seq, ca = [], []
+        for res in chain:
+            if res.id[0] != " " and not is_aa(res, standard=False):  # waters, ligands
+                continue
+            if "CA" not in res or not is_aa(res, standard=False):
+                continue
+            seq.append(protein_letters_3to1_extended.get(res.get_resname().upper(), "X"))
+            ca.append(res["CA"].coord)
+        if seq:
+            out.append(Record(id=f"{stem}_{chain.id}", sequence="".join(seq), ca_coords=np.asarray(ca, float)))
+    return out
+
+
+def read_pdb(path: str | Path) -> list[Record]:
+    """RCSB mmCIF (``.cif``) or PDB (``.pdb``/``.ent``) file, or a directory of them: one record per chain of the
+    first model with its one-letter sequence (non-standard residues mapped, e.g. MSE → M) and Cα coordinates.
+    Waters and ligands are skipped. Ids are ``<file stem>_<chain id>``."""
+    import warnings
+
+    from Bio.PDB import MMCIFParser, PDBParser
+    from Bio.PDB.PDBExceptions import PDBConstructionWarning
+
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.suffix in (".cif", ".pdb", ".ent")) if path.is_dir() else [path]
+    out = []
+    for f in files:
+        parser = MMCIFParser(QUIET=True) if f.suffix == ".cif" else PDBParser(QUIET=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PDBConstructionWarning)
+            try:
+                structure = parser.get_structure(f.stem, str(f))
+            except Exception as err:
+                kind = "mmCIF" if f.suffix == ".cif" else "PDB"
+                raise ValueError(f"{f} could not be parsed as {kind}: {err}") from None
+        out.extend(_protein_records(structure, f.stem))
+    return out
+
+
+def read_smiles_csv(
+    path: str | Path, *, smiles_column: str | None = None, id_column: str | None = None
+) -> list[Record]:
+    """CSV of SMILES: the column named ``smiles`` (any case) or ``smiles_column``; ids from ``id_column`` (default
+    a column named ``id``/``name``, else ``<stem>:<row>``); an ``energy`` column becomes the reference energy."""
+    path = Path(path)
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = {f.lower(): f for f in reader.fieldnames or []}
+        scol = smiles_column or fields.get("smiles")
+        if scol is None:
+            raise ValueError(f"{path} has no 'smiles' column (columns: {reader.fieldnames}); pass smiles_column=.")
+        icol = id_column or fields.get("id") or fields.get("name")
+        ecol = fields.get("energy")
+        out = []
+        for i, row in enumerate(reader):
+            rid = row[icol] if icol else f"{path.stem}:{i}"
+            energy = float(row[ecol]) if ecol and row[ecol] not in ("", None) else None
+            out.append(Record(id=str(rid), smiles=row[scol].strip(), energy=energy))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- dispatch
+_READERS: dict[str, Callable[..., list[Record]]] = {
+    "extxyz": read_extxyz,
+    "asedb": read_asedb,
+    "qm9": read_qm9,
+    "pdb": read_pdb,
+    "smiles": read_smiles_csv,
+}
+
+
+def _kind_from_path(path: Path) -> str:
+    suffixes = "".join(path.suffixes)
+    if path.suffix in (".db", ".aselmdb", ".json"):
+        return "asedb"
+    if path.suffix in (".cif", ".pdb", ".ent"):
+        return "pdb"
+    if path.suffix == ".csv":
+        return "smiles"
+    if ".tar" in suffixes or (path.is_dir() and any(path.glob("dsgdb9nsd_*.xyz"))):
+        return "qm9"
+    if path.is_dir() and any(p.suffix in (".cif", ".pdb") for p in path.iterdir()):
+        return "pdb"
+    if path.suffix in (".xyz", ".extxyz"):
+        return "extxyz"
+    raise ValueError(
+        f"cannot tell the format of {path}; name it explicitly, e.g. 'extxyz:{path}' "
+        f"(known: default, {', '.join(_READERS)})."
+    )
+
+
+def load_dataset(spec: str, **options: Any) -> list[Record]:
+    """Read the dataset named by ``spec`` (see the module docstring); ``options`` go to its reader."""
+    if spec in ("default", "default:id", "default:ood"):
+        split = spec.split(":")[1] if ":" in spec else None
+        return read_default(split=split, **options)
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in _READERS:
+        path = Path(rest)
+    else:
+        path = Path(spec)
+        kind = _kind_from_path(path)
+    if not path.exists():
+        raise ValueError(f"dataset path {path} does not exist.")
+    records = _READERS[kind](path, **options)
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"dataset {spec!r} has duplicate record id {dup!r}; ids must be unique.")
+    return records
+
+
+def filter_records(
+    records: Iterable[Record],
+    *,
+    min_atoms: int = 2,
+    allowed_numbers: Sequence[int] | None = None,
+) -> tuple[list[Record], list[dict[str, str]]]:
+    """Seed 003's filters: drop structures with fewer than ``min_atoms`` atoms and, when ``allowed_numbers`` is
+    given, structures with any other element. Records without atoms pass. Returns (kept, dropped records as
+    ``{"id", "reason"}``)."""
+    allowed = None if allowed_numbers is None else set(int(z) for z in allowed_numbers)
+    kept, dropped = [], []
+    for r in records:
+        if r.atoms is not None:
+            if len(r.atoms) < min_atoms:
+                dropped.append({"id": r.id, "reason": f"{len(r.atoms)} atom(s) < min_atoms={min_atoms}"})
+                continue
+            if allowed is not None:
+                bad = sorted(set(int(z) for z in r.atoms.numbers) - allowed)
+                if bad:
+                    dropped.append({"id": r.id, "reason": f"unsupported atomic numbers {bad}"})
+                    continue
+        kept.append(r)
+    return kept, dropped
+
+
+def subsample(records: Sequence[Record], n: int | None, *, seed: int = 0) -> list[Record]:
+    """A seeded draw of ``n`` records without replacement, kept in dataset order (all when ``n`` is None or
+    ≥ the dataset size)."""
+    if n is None or n >= len(records):
+        return list(records)
+    if n < 1:
+        raise ValueError(f"`n`={n} must be a positive number of structures.")
+    idx = np.sort(np.random.default_rng(seed).choice(len(records), size=n, replace=False))
+    return [records[i] for i in idx]
+
+
+def structure_text(atoms: Any, *, decimals: int = 3) -> str:
+    """Plain-text rendering of a structure for text models (the 'atomistic' input of seed 000's LLM runs):
+    XYZ-style, ``<n>`` line, formula line (plus ``Lattice="..."`` for periodic cells), one line per atom."""
+    buf = io.StringIO()
+    buf.write(f"{len(atoms)}\n{atoms.get_chemical_formula()}")
+    if atoms.pbc.any():
+        lattice = " ".join(f"{v:.{decimals}f}" for v in np.asarray(atoms.cell).ravel())
+        buf.write(f' Lattice="{lattice}"')
+    for sym, pos in zip(atoms.get_chemical_symbols(), atoms.positions, strict=True):
+        buf.write(f"\n{sym} " + " ".join(f"{v:.{decimals}f}" for v in pos))
+    return buf.getvalue()

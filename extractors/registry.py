@@ -1,0 +1,82 @@
+"""Model registry: model id → (family module, config, status).
+
+Each family is one module ``extractors.models.<family>`` exposing ``SPECS`` (a tuple of
+:class:`~extractors.base.ModelSpec`) and ``build(spec, **options)``. Family modules import their heavy packages
+only inside ``build``, so listing the registry costs nothing. A new family (MACE, Orb, fairchem, …) is added by
+writing its module in ``extractors/models/``: :data:`FAMILIES` discovers it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import pkgutil
+import sys
+from typing import Any
+
+from extractors import models
+from extractors.base import Extractor, ModelSpec
+
+__all__ = ["FAMILIES", "available", "build_extractor", "get_spec", "specs"]
+
+#: Family modules listed first, in this order; any other module in extractors/models/ follows alphabetically.
+_FIRST = ("chgnet", "sevennet", "minilm", "soap", "morgan", "baseline")
+
+
+def _discover() -> tuple[str, ...]:
+    found = {m.name for m in pkgutil.iter_modules(models.__path__) if not m.name.startswith("_")}
+    return tuple(f for f in _FIRST if f in found) + tuple(sorted(found - set(_FIRST)))
+
+
+FAMILIES: tuple[str, ...] = _discover()
+
+
+def _module(family: str) -> Any:
+    return importlib.import_module(f"extractors.models.{family}")
+
+
+def specs() -> dict[str, ModelSpec]:
+    """Every registered model, by id, in family order."""
+    out: dict[str, ModelSpec] = {}
+    for family in FAMILIES:
+        for spec in _module(family).SPECS:
+            if spec.id in out:
+                raise RuntimeError(f"model id {spec.id!r} is registered twice ({out[spec.id].family}, {family}).")
+            out[spec.id] = spec
+    return out
+
+
+def get_spec(model: str) -> ModelSpec:
+    """The spec of ``model``; ValueError listing the known ids otherwise."""
+    table = specs()
+    if model not in table:
+        raise ValueError(
+            f"unknown model {model!r}; known models: {', '.join(table)} (see `python -m extractors list`)."
+        )
+    return table[model]
+
+
+def available(spec: ModelSpec) -> list[str]:
+    """The packages of ``spec`` missing from this interpreter (empty when it can run here)."""
+    missing = []
+    for name in spec.packages:
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    return missing
+
+
+def build_extractor(model: str, **options: Any) -> Extractor:
+    """Load ``model`` (its weights, tokenizer, …) and return its extractor; ``options`` go to the family's
+    ``build`` (e.g. ``layer``, ``device``, SOAP ``species``)."""
+    spec = get_spec(model)
+    missing = available(spec)
+    if missing:
+        raise RuntimeError(
+            f"model {model!r} needs the package(s) {missing}, missing from this interpreter; install them or run "
+            "under an interpreter that has them with --python /path/to/env/bin/python."
+        )
+    with contextlib.redirect_stdout(sys.stderr):  # keep load chatter off stdout (the CLI prints the file path there)
+        return _module(spec.family).build(spec, **options)
