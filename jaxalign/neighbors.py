@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 from jaxalign._checks import as_features, check_k
 from jaxalign.tiling import TILE_BUDGET, default_tile, map_row_tiles, resolve_mesh, safe_sqrt
 
-__all__ = ["METRICS", "NeighborGraph", "knn", "membership", "neighbor_graph"]
+__all__ = ["METRICS", "NeighborGraph", "check_graph", "knn", "membership", "neighbor_graph", "resolve_graph"]
 
 METRICS = ("ip", "euclidean")
 
@@ -157,6 +157,75 @@ def knn(
         tile = default_tile(x.shape[0], max(n_ref, k * x.shape[1] if metric == "euclidean" else 0), TILE_BUDGET)
     return neighbor_graph(
         x, reference, k=k, metric=metric, exclude_self=exclude_self, tile=int(tile), mesh=resolve_mesh(mesh)
+    )
+
+
+def check_graph(
+    graph: Any,
+    name: str,
+    *,
+    metric: str,
+    exclude_self: bool = True,
+    n: int | None = None,
+    k: int | None = None,
+    data_name: str = "x",
+    purpose: str = "this metric",
+) -> NeighborGraph:
+    """Validate a user-supplied graph for an estimator: its type, metric, self exclusion, N and width.
+
+    Returns the graph truncated to ``k`` (when given); every error names the argument and how to rebuild it.
+    """
+    fix = (
+        f"build it with knn({data_name}, k, metric={metric!r}" + ("" if exclude_self else ", exclude_self=False") + ")"
+    )
+    if not isinstance(graph, NeighborGraph):
+        raise ValueError(f"`{name}` must be a NeighborGraph from jaxalign.knn, got {type(graph).__name__}.")
+    if graph.metric != metric or graph.exclude_self != exclude_self:
+        raise ValueError(
+            f"`{name}` was built with metric={graph.metric!r}, exclude_self={graph.exclude_self}; {purpose} needs "
+            f"metric={metric!r}, exclude_self={exclude_self}: {fix}."
+        )
+    if n is not None and graph.n != n:
+        raise ValueError(
+            f"`{name}` has {graph.n} rows but `{data_name}` has {n}; pass the graph of `{data_name}` itself "
+            f"(or only the graph, with {data_name}=None)."
+        )
+    if k is not None:
+        if graph.k < k:
+            raise ValueError(
+                f"`{name}` holds {graph.k} neighbours per point but {purpose} needs k={k}; {fix} with k >= {k}."
+            )
+        graph = graph.truncate(k) if graph.k > k else graph
+    return graph
+
+
+def resolve_graph(
+    x: Any,
+    graph: NeighborGraph | None,
+    *,
+    k: int,
+    metric: str,
+    exclude_self: bool = True,
+    name: str = "x",
+    purpose: str = "this metric",
+    tile: int | None = None,
+    mesh: Mesh | str | None = "auto",
+) -> NeighborGraph:
+    """The ``k``-neighbour graph an estimator needs: ``graph`` validated and truncated, or a new search over ``x``.
+
+    The one entry point through which every kNN metric takes its neighbours, so a caller can build one graph per
+    embedding (at the largest k) and pass it to all of them.
+    """
+    if graph is None:
+        if x is None:
+            raise ValueError(f"`{name}` is None; pass (N, d) features or a precomputed `graph_{name}`.")
+        return knn(as_features(x, name), k, metric=metric, exclude_self=exclude_self, tile=tile, mesh=mesh)
+    n = None if x is None else as_features(x, name).shape[0]
+    rows = graph.n if isinstance(graph, NeighborGraph) else n
+    if rows is not None:
+        check_k(k, rows, "k", high=rows - 1 if exclude_self else rows)
+    return check_graph(
+        graph, f"graph_{name}", metric=metric, exclude_self=exclude_self, n=n, k=k, data_name=name, purpose=purpose
     )
 
 

@@ -331,9 +331,9 @@ def test_bad_graphs():
         mle_id(x, k=5, graph=knn(x, 6, metric="euclidean", exclude_self=False))
     with pytest.raises(ValueError, match="`graph` has 30 rows but `x` has 20"):
         twonn(x[:20], graph=knn(x, 2, metric="euclidean"))
-    with pytest.raises(ValueError, match="`graph` holds 1 neighbours per point but TwoNN needs 2"):
+    with pytest.raises(ValueError, match="`graph` holds 1 neighbours per point but TwoNN needs k=2"):
         twonn(x, graph=knn(x, 1, metric="euclidean"))
-    with pytest.raises(ValueError, match="`graph` holds 10 neighbours per point but MLE needs 20"):
+    with pytest.raises(ValueError, match="`graph` holds 10 neighbours per point but MLE needs k=20"):
         mle_id(None, graph=knn(x, 10, metric="euclidean"))
     with pytest.raises(ValueError, match="`graph` must be a NeighborGraph"):
         twonn(x, graph=(np.zeros((30, 2)), np.ones((30, 2))))

@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 
 from jaxalign._checks import as_features, check_k, check_same_n, check_variance
 from jaxalign.metrics.kernel import EPS, hsic_from_sums
-from jaxalign.neighbors import NeighborGraph, knn, membership
+from jaxalign.neighbors import NeighborGraph, check_graph, knn, membership
 
 __all__ = ["cknna"]
 
@@ -76,24 +76,6 @@ def _cross_similarity(graph_x: NeighborGraph, graph_y: NeighborGraph, *, unbiase
     a = jnp.where(mask, graph_x.values, 0)
     b = jnp.where(mask, jnp.take_along_axis(graph_y.values, pos_y, 1), 0)
     return _sparse_hsic(ix, a, b, reverse, unbiased=unbiased)
-
-
-def _check_graph(graph: Any, name: str, *, n: int | None, k: int | None, unbiased: bool) -> NeighborGraph:
-    if not isinstance(graph, NeighborGraph):
-        raise ValueError(f"`{name}` must be a NeighborGraph from jaxalign.knn, got {type(graph).__name__}.")
-    fix = f"build it with knn(x, k, metric='ip', exclude_self={unbiased})"
-    if graph.metric != "ip":
-        raise ValueError(f"`{name}` has metric={graph.metric!r}; CKNNA needs inner-product neighbours: {fix}.")
-    if graph.exclude_self != unbiased:
-        raise ValueError(
-            f"`{name}` has exclude_self={graph.exclude_self} but unbiased={unbiased} needs exclude_self={unbiased} "
-            f"(the unbiased CKNNA excludes the point itself from its neighbours): {fix}."
-        )
-    if n is not None and graph.n != n:
-        raise ValueError(f"`{name}` has {graph.n} rows but the embeddings have {n}; pass graphs of the same samples.")
-    if k is not None and graph.k < k:
-        raise ValueError(f"`{name}` holds {graph.k} neighbours per point but k={k}; rebuild it with at least k: {fix}.")
-    return graph
 
 
 def cknna(
@@ -147,7 +129,9 @@ def cknna(
     graphs = []
     for feats, graph, name in ((x, graph_x, "x"), (y, graph_y, "y")):
         if graph is not None:
-            graph = _check_graph(graph, f"graph_{name}", n=n, k=k, unbiased=unbiased).truncate(k)
+            graph = check_graph(
+                graph, f"graph_{name}", metric="ip", exclude_self=unbiased, n=n, k=k, data_name=name, purpose="CKNNA"
+            )
         else:
             check_variance(feats, name)
             graph = knn(feats, k, metric="ip", exclude_self=unbiased, tile=tile, mesh=mesh)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from jaxalign._checks import as_features, check_k, check_same_n, check_variance
-from jaxalign.neighbors import NeighborGraph, knn
+from jaxalign.neighbors import NeighborGraph, resolve_graph
 from jaxalign.tiling import map_row_tiles, pairwise_block, resolve_mesh
 
 __all__ = ["COUNT_UP_TO_K", "information_imbalance"]
@@ -103,29 +103,6 @@ def _information_imbalance(
     return jnp.stack([x_to_y.astype(dtype).sum(), y_to_x.astype(dtype).sum()]) * scale
 
 
-def _graph(graph: NeighborGraph | None, a: jax.Array, k: int, name: str, tile: int | None, mesh: Any) -> jax.Array:
-    """The (N, k) neighbour indices of ``a``: from a precomputed Euclidean graph (truncated to k) or a new search."""
-    if graph is None:
-        return knn(a, k, metric="euclidean", tile=tile, mesh=mesh).indices
-    if not isinstance(graph, NeighborGraph):
-        raise ValueError(f"`{name}` must be a NeighborGraph from jaxalign.knn, got {type(graph).__name__}.")
-    if graph.metric != "euclidean" or not graph.exclude_self:
-        raise ValueError(
-            f"`{name}` was built with metric={graph.metric!r}, exclude_self={graph.exclude_self}; information "
-            "imbalance ranks Euclidean neighbours without the point itself: build it with "
-            "knn(x, k, metric='euclidean')."
-        )
-    if graph.n != a.shape[0]:
-        raise ValueError(
-            f"`{name}` has {graph.n} rows but the embedding has {a.shape[0]}; build it from the same data."
-        )
-    if graph.k < k:
-        raise ValueError(
-            f"`{name}` holds {graph.k} neighbours per point but k={k}; build it with at least k neighbours."
-        )
-    return graph.truncate(k).indices
-
-
 def information_imbalance(
     x: Any,
     y: Any,
@@ -161,6 +138,7 @@ def information_imbalance(
     check_variance(x, "x")
     check_variance(y, "y")
     mesh = resolve_mesh(mesh)
-    nbr_x = _graph(graph_x, x, k, "graph_x", tile, mesh)
-    nbr_y = _graph(graph_y, y, k, "graph_y", tile, mesh)
+    purpose = "information imbalance (Euclidean ranks without the point itself)"
+    nbr_x = resolve_graph(x, graph_x, k=k, metric="euclidean", name="x", purpose=purpose, tile=tile, mesh=mesh).indices
+    nbr_y = resolve_graph(y, graph_y, k=k, metric="euclidean", name="y", purpose=purpose, tile=tile, mesh=mesh).indices
     return _information_imbalance(x, y, nbr_x, nbr_y, search=k > COUNT_UP_TO_K, tile=tile, mesh=mesh)

@@ -40,7 +40,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxalign._checks import as_features, check_k, is_concrete
-from jaxalign.neighbors import NeighborGraph, knn
+from jaxalign.neighbors import NeighborGraph, check_graph, knn
 
 __all__ = ["ALGORITHMS", "COMBS", "DUPLICATE_POLICIES", "distinct_neighbor_distances", "mle_id", "twonn"]
 
@@ -188,25 +188,11 @@ def _euclidean_graph(
             raise ValueError("`x` is None and no `graph` was given; pass the (N, d) features or a knn graph.")
         graph = knn(x, k, metric="euclidean", tile=tile, mesh=mesh)
     else:
-        if not isinstance(graph, NeighborGraph):
-            raise ValueError(f"`graph` must be a NeighborGraph from jaxalign.knn, got {type(graph).__name__}.")
-        if graph.metric != "euclidean" or not graph.exclude_self:
-            raise ValueError(
-                f"`graph` was built with metric={graph.metric!r}, exclude_self={graph.exclude_self}; {estimator} "
-                f"needs Euclidean distances to the other points: build it with knn(x, k, metric='euclidean')."
-            )
-        if x is not None and x.shape[0] != graph.n:
-            raise ValueError(
-                f"`graph` has {graph.n} rows but `x` has {x.shape[0]}; pass the graph of `x` itself "
-                "(or only the graph, with x=None)."
-            )
+        n = None if x is None else x.shape[0]
+        graph = check_graph(graph, "graph", metric="euclidean", n=n, purpose=estimator)
         if graph.n < k + 1:
             raise ValueError(f"`graph` has {graph.n} rows; {estimator} needs at least {k + 1} points.")
-        if graph.k < k:
-            raise ValueError(
-                f"`graph` holds {graph.k} neighbours per point but {estimator} needs {k}; build it with "
-                f"knn(x, {k}, metric='euclidean') or larger."
-            )
+        check_graph(graph, "graph", metric="euclidean", k=k, purpose=estimator)  # wide enough (not truncated here)
     if not is_concrete(graph.values):
         return (graph.truncate(k) if on_duplicates == "raise" and graph.k > k else graph), on_duplicates
 

@@ -33,8 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from jaxalign._checks import as_features, check_k
-from jaxalign.neighbors import NeighborGraph, knn
+from jaxalign.neighbors import NeighborGraph, resolve_graph
 from jaxalign.tiling import TILE_BUDGET, map_row_tiles, resolve_mesh
 
 __all__ = ["cycle_knn", "edit_distance_knn", "lcs_knn", "mutual_knn"]
@@ -46,31 +45,7 @@ __all__ = ["cycle_knn", "edit_distance_knn", "lcs_knn", "mutual_knn"]
 
 def _graph(x: Any, graph: NeighborGraph | None, k: int, name: str, tile: int | None, mesh: Any) -> NeighborGraph:
     """The inner-product, self-excluded kNN graph of ``x`` truncated to ``k``, built or validated."""
-    if graph is None:
-        x = as_features(x, name)
-        return knn(x, check_k(k, x.shape[0], "k"), metric="ip", exclude_self=True, tile=tile, mesh=mesh)
-    gname = f"graph_{name}"
-    if not isinstance(graph, NeighborGraph):
-        raise ValueError(f"`{gname}` must be a NeighborGraph from jaxalign.knn, got {type(graph).__name__}.")
-    if graph.metric != "ip" or not graph.exclude_self:
-        raise ValueError(
-            f"`{gname}` was built with metric={graph.metric!r}, exclude_self={graph.exclude_self}; these metrics use "
-            f"the largest inner products with the point itself excluded: build it with knn({name}, k, metric='ip')."
-        )
-    if x is not None:
-        x = as_features(x, name)
-        if x.shape[0] != graph.n:
-            raise ValueError(
-                f"`{gname}` has {graph.n} rows but `{name}` has {x.shape[0]}; pass the graph of `{name}` itself "
-                f"(or only the graph, with {name}=None)."
-            )
-    check_k(k, graph.n, "k")
-    if graph.k < k:
-        raise ValueError(
-            f"`{gname}` holds {graph.k} neighbours per point but k={k} was requested; build it with "
-            f"knn({name}, k={k}) or larger."
-        )
-    return graph.truncate(k) if graph.k > k else graph
+    return resolve_graph(x, graph, k=k, metric="ip", name=name, purpose="kNN overlap", tile=tile, mesh=mesh)
 
 
 def _graphs(
