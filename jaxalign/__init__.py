@@ -1,8 +1,30 @@
-"""jaxalign: representational alignment of scientific foundation models, in JAX."""
+"""jaxalign: representational alignment of scientific foundation models, in JAX.
 
-from jaxalign import preprocessing
+- :mod:`jaxalign.metrics` — CKA, CKNNA, kNN overlaps, SVCCA, distance correlation, information imbalance, TwoNN/MLE.
+- :func:`jaxalign.knn` — the neighbour engine: one exact, tiled, sharded kNN graph per embedding, reused by all.
+- :mod:`jaxalign.reconstruction` — GFRE/GFRD/LFRE (scikit-matter conventions); :mod:`jaxalign.ridge`.
+- :mod:`jaxalign.descriptors`, :mod:`jaxalign.projection`, :mod:`jaxalign.energy`, :mod:`jaxalign.tree` — cumulant
+  descriptors, PCovR, energy-error baseline, the evolutionary tree of models.
+- :mod:`jaxalign.io` — embedding files written by the extractor processes; :mod:`jaxalign.plots` — figures.
+"""
+
+from jaxalign import descriptors, energy, io, metrics, preprocessing, projection, reconstruction, ridge, tree
 from jaxalign.neighbors import NeighborGraph, knn
 from jaxalign.tiling import map_row_tiles, row_mesh
 
 __version__ = "0.1.0"
-__all__ = ["NeighborGraph", "knn", "map_row_tiles", "preprocessing", "row_mesh"]
+__all__ = [
+    "NeighborGraph",
+    "descriptors",
+    "energy",
+    "io",
+    "knn",
+    "map_row_tiles",
+    "metrics",
+    "preprocessing",
+    "projection",
+    "reconstruction",
+    "ridge",
+    "row_mesh",
+    "tree",
+]
