@@ -180,3 +180,16 @@ def test_u_statistic_needs_four_rows():
     with pytest.raises(ValueError, match="`x` has 3 rows; this estimator needs at least 4"):
         u_dcor_sqr(x, y)
     np.testing.assert_allclose(dcor_sqr(x, y), _dense_dcor_sqr(x, y), rtol=1e-10)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_statistics_at_paper_scale_n_do_not_overflow(unbiased):
+    """n² exceeds int32 beyond N = 46,340 (seed 000 uses 50,000): the normalisations must stay in floating point.
+    The per-row sums of N = 50,000 equal rows make a perfectly dependent pair, so dCor² must be exactly 1."""
+    from jaxalign.metrics.dcor import DistanceMoments
+
+    n = 50_000
+    m = DistanceMoments(row=jnp.arange(n, dtype=jnp.float64), sq=jnp.arange(n, dtype=jnp.float64) ** 2 + 1.0,
+                        shift=jnp.asarray(0.0))  # fmt: skip
+    value = dcor_from_sums(m, m, m.sq, unbiased=unbiased)
+    np.testing.assert_allclose(float(value), 1.0, rtol=1e-9)

@@ -190,3 +190,15 @@ def test_sharded_over_four_devices_matches_single():
 def test_bad_inputs(x, y, kw, match):
     with pytest.raises(ValueError, match=match):
         cka(x, y, **kw)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_hsic_normalisation_at_paper_scale_n_does_not_overflow(unbiased):
+    """n² exceeds int32 beyond N = 46,340 (seed 000 uses 50,000): the HSIC normalisation must stay floating."""
+    from jaxalign.metrics.kernel import hsic_from_sums
+
+    n = 50_000
+    one = jnp.asarray(1.0)
+    value = hsic_from_sums(one, one, one, one, one, n, unbiased=unbiased)
+    expected = (1 + 1 / ((n - 1) * (n - 2)) - 2 / (n - 2)) / (n * (n - 3)) if unbiased else 1 - 2 / n + 1 / n**2
+    np.testing.assert_allclose(float(value), expected, rtol=1e-12)

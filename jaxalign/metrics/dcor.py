@@ -144,7 +144,7 @@ def distance_row_sums(
 
 def _dcov_v(cross: jax.Array, mx: DistanceMoments, my: DistanceMoments) -> jax.Array:
     """S1/n² − 2 S2/n³ + S3/n⁴ = mean(a b) − 2 mean_i(ā_i b̄_i) + ā b̄ (ā_i = a_i·/n), exact for the shifted sums."""
-    n = mx.n
+    n = float(mx.n)  # n² overflows int32 beyond N = 46,340
     ra, rb = mx.row / n, my.row / n
     mean_a, mean_b = ra.mean(), rb.mean()
     return cross.sum() / (n * n) - 2.0 * jnp.mean((ra - mean_a) * (rb - mean_b)) - mean_a * mean_b
@@ -155,7 +155,7 @@ def _dcov_u(cross: jax.Array, mx: DistanceMoments, my: DistanceMoments, diag: ja
 
     ``cross`` holds the entries shifted on the diagonal too; ``diag`` is the diagonal's contribution c_a c_b to it.
     """
-    n = mx.n
+    n = float(mx.n)  # n² overflows int32 beyond N = 46,340
     ra, rb = mx.row + mx.shift, my.row + my.shift  # row sums with a'_ii = 0
     s1 = cross.sum() - n * diag
     s2 = jnp.dot(ra, rb)

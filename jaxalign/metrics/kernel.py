@@ -58,6 +58,7 @@ def hsic_from_sums(
       unbiased: Song et al.'s estimator (the arguments must then be the sums of the zero-diagonal K̃, L̃) instead of
         the biased trace(K H L H) = trace(KL) − (1ᵀKL1 + 1ᵀLK1)/n + (1ᵀK1)(1ᵀL1)/n².
     """
+    n = float(n) if isinstance(n, int) else n  # n² overflows int32 beyond N = 46,340
     if unbiased:
         value = trace_kl + total_k * total_l / ((n - 1) * (n - 2)) - 2.0 * kl_sum / (n - 2)
         return value / (n * (n - 3))
