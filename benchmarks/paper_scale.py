@@ -60,7 +60,8 @@ def main() -> None:
             text=True,
         )
         if proc.returncode != 0:
-            print(f"| {name} | {args.n} | failed | — | {proc.stderr.strip().splitlines()[-1]} |")
+            errors = [ln for ln in proc.stderr.splitlines() if "Error" in ln or "error" in ln]
+            print(f"| {name} | {args.n} | failed | — | {(errors or proc.stderr.splitlines() or ['?'])[-1]} |")
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         value = ", ".join(f"{v:.5g}" for v in r["value"])
