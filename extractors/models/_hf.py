@@ -1,0 +1,82 @@
+"""Helpers shared by the Hugging Face ``transformers`` families (``hf_chem``, ``hf_llm``, ``prostt5``).
+
+Not a family module (the leading underscore keeps it out of :data:`extractors.registry.FAMILIES`); torch and
+transformers are imported inside the functions, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["load_model", "load_tokenizer", "masked_mean", "resolve_weights", "torch_dtype"]
+
+_DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def resolve_weights(weights: str | None, hub_id: str) -> str:
+    """Where ``from_pretrained`` loads from: ``weights`` (a local snapshot directory, or another Hub id) when given,
+    else the model's Hub id (found in the local Hugging Face cache, downloaded only when the machine is online)."""
+    return str(weights) if weights else hub_id
+
+
+def torch_dtype(name: str) -> Any:
+    """``"float32"``/``"bfloat16"``/``"float16"`` → the torch dtype; ``"auto"`` → ``"auto"`` (the checkpoint's)."""
+    if name not in _DTYPES:
+        raise ValueError(f"`dtype` must be one of {_DTYPES}, got {name!r}.")
+    if name == "auto":
+        return "auto"
+    import torch
+
+    return getattr(torch, name)
+
+
+def load_tokenizer(path: str, *, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    """``AutoTokenizer.from_pretrained(path)`` with right padding (so padded batches keep every real token's
+    position, as in the unpadded input) and a pad token (the EOS token when the tokenizer has none)."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    tok.padding_side = "right"
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"tokenizer at {path} has neither a pad nor an EOS token; cannot batch inputs.")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    path: str,
+    *,
+    auto_class: str = "AutoModel",
+    dtype: str = "float32",
+    device: str = "cpu",
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+    config_overrides: dict[str, Any] | None = None,
+) -> Any:
+    """``<auto_class>.from_pretrained(path)`` in eval mode: the base model (no language-model head), so its output
+    ``last_hidden_state`` is the last hidden layer. ``config_overrides`` are set on the loaded config first (e.g.
+    MoLFormer's ``deterministic_eval``). ``device_map`` (e.g. ``"auto"``, needs ``accelerate``) spreads a large
+    model over the visible devices instead of moving it to ``device``."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    extra: dict[str, Any] = {"device_map": device_map} if device_map else {}
+    if config_overrides:
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        for key, value in config_overrides.items():
+            setattr(config, key, value)
+        extra["config"] = config
+    cls = getattr(transformers, auto_class)
+    model = cls.from_pretrained(path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **extra)
+    model = model.eval()
+    return model if device_map else model.to(device)
+
+
+def masked_mean(hidden: Any, mask: Any) -> Any:
+    """Mean of ``hidden`` (B, T, d) over the positions where ``mask`` (B, T) is nonzero, in float32: (B, d)."""
+    m = mask.to(hidden.device).unsqueeze(-1).float()
+    return (hidden.float() * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
