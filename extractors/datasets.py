@@ -60,8 +60,10 @@ class Record:
     """One sample of a dataset.
 
     ``atoms`` is an ``ase.Atoms`` (None for SMILES-only and protein records), ``smiles`` the SMILES when the data
-    gives one, ``sequence`` the one-letter protein sequence, ``ca_coords`` the (L, 3) Cα coordinates, ``energy`` the
-    reference energy in eV when the data has it, ``split`` ``"id"``/``"ood"`` for the default dataset.
+    gives one, ``sequence`` the one-letter protein sequence, ``ca_coords`` the (L, 3) Cα coordinates,
+    ``backbone_coords`` the (L, 3, 3) N, CA, C coordinates (NaN for a missing atom; inverse-folding models read
+    them), ``energy`` the reference energy in eV when the data has it, ``split`` ``"id"``/``"ood"`` for the
+    default dataset.
     """
 
     id: str
@@ -69,6 +71,7 @@ class Record:
     smiles: str | None = None
     sequence: str | None = None
     ca_coords: np.ndarray | None = None
+    backbone_coords: np.ndarray | None = None
     energy: float | None = None
     split: str | None = None
 
@@ -259,7 +262,7 @@ def _protein_records(structure: Any, stem: str) -> list[Record]:
     out = []
     model = next(iter(structure))  # first model (NMR files hold several)
     for chain in model:
-        seq, ca = [], []
+        seq, ca, backbone = [], [], []
         for res in chain:
             if res.id[0] != " " and not is_aa(res, standard=False):  # waters, ligands
                 continue
@@ -267,8 +270,16 @@ def _protein_records(structure: Any, stem: str) -> list[Record]:
                 continue
             seq.append(protein_letters_3to1_extended.get(res.get_resname().upper(), "X"))
             ca.append(res["CA"].coord)
+            backbone.append([res[a].coord if a in res else np.full(3, np.nan) for a in ("N", "CA", "C")])
         if seq:
-            out.append(Record(id=f"{stem}_{chain.id}", sequence="".join(seq), ca_coords=np.asarray(ca, float)))
+            out.append(
+                Record(
+                    id=f"{stem}_{chain.id}",
+                    sequence="".join(seq),
+                    ca_coords=np.asarray(ca, float),
+                    backbone_coords=np.asarray(backbone, float),
+                )
+            )
     return out
 
 

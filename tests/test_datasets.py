@@ -171,6 +171,8 @@ def test_pdb_and_mmcif_readers(tmp_path):
     assert [(r.id, r.sequence) for r in recs] == [("1tst_A", "MGM"), ("1tst_B", "KW")]
     np.testing.assert_allclose(recs[0].ca_coords[0], [11.639, 6.071, -5.147], atol=1e-3)
     assert recs[1].ca_coords.shape == (2, 3) and recs[0].atoms is None
+    assert recs[1].backbone_coords.shape == (2, 3, 3)
+    np.testing.assert_array_equal(recs[0].backbone_coords[:, 1], recs[0].ca_coords)
     io = MMCIFIO()
     io.set_structure(PDBParser(QUIET=True).get_structure("1tst", str(pdb)))
     cif_dir = tmp_path / "cif"
