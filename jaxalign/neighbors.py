@@ -63,10 +63,11 @@ class NeighborGraph:
         return NeighborGraph(self.indices[:, :k], self.values[:, :k], self.metric, self.exclude_self)
 
 
-def _topk_tile(rows, queries, q_sq, reference, r_sq, *, k: int, metric: str, exclude_self: bool):
+def _topk_tile(rows, queries, reference, half_sq, *, k: int, metric: str, exclude_self: bool):
     a = queries[rows]
     prod = jnp.matmul(a, reference.T, precision=jax.lax.Precision.HIGHEST)
-    score = prod if metric == "ip" else 2.0 * prod - q_sq[rows][:, None] - r_sq[None, :]
+    # −D²/2 = x·y − |y|²/2 − |x|²/2; the last term is constant along a row, so it cannot change the ranking
+    score = prod if metric == "ip" else prod - half_sq[None, :]
     if exclude_self:
         score = score.at[jnp.arange(rows.shape[0]), rows].set(-jnp.inf)
     values, indices = jax.lax.top_k(score, k)
@@ -102,11 +103,10 @@ def neighbor_graph(
         queries, reference = queries - mean, reference - mean
         if self_search:
             queries = reference
-    r_sq = (reference * reference).sum(1)
-    q_sq = r_sq if self_search else (queries * queries).sum(1)
+    half_sq = 0.5 * (reference * reference).sum(1)
     tile = default_tile(queries.shape[0], reference.shape[0]) if tile is None else tile
     fn = functools.partial(_topk_tile, k=k, metric=metric, exclude_self=exclude_self and self_search)
-    indices, values = map_row_tiles(fn, queries.shape[0], queries, q_sq, reference, r_sq, tile=tile, mesh=mesh)
+    indices, values = map_row_tiles(fn, queries.shape[0], queries, reference, half_sq, tile=tile, mesh=mesh)
     return NeighborGraph(indices, values, metric, exclude_self and self_search)
 
 
