@@ -120,7 +120,7 @@ def test_bad_inputs():
         information_imbalance(np.zeros((0, 3)), y)
     with pytest.raises(ValueError, match="`graph_x` was built with metric='ip'"):
         information_imbalance(x, y, k=2, graph_x=knn(x, 2))
-    with pytest.raises(ValueError, match="`graph_y` holds 2 neighbours per point but .* needs k=3"):
+    with pytest.raises(ValueError, match=r"`graph_y` holds 2 neighbours per point but .* needs k=3"):
         information_imbalance(x, y, k=3, graph_y=knn(y, 2, metric="euclidean"))
     with pytest.raises(ValueError, match=f"`graph_x` has {N - 1} rows but `x` has {N}"):
         information_imbalance(x, y, graph_x=knn(x[:-1], 1, metric="euclidean"))

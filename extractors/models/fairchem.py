@@ -1,0 +1,287 @@
+"""fairchem: UMA (Wood et al., arXiv:2506.23971), eSEN (Fu et al., arXiv:2502.12147) and EquiformerV2 (Liao et al.,
+ICLR 2024; OMat24 models: Barroso-Luque et al., arXiv:2410.12771); weights are local checkpoints.
+
+UMA and eSEN (fairchem-core 2.x): loading is the library's own ``load_predict_unit(FILE, inference_settings,
+device=...)`` (what ``pretrained_mlip.get_predict_unit(name)`` does after downloading); without ``--opt weights=PATH``
+the file is looked up in the Hugging Face cache that ``get_predict_unit`` fills (``local_files_only``: nothing is
+downloaded), together with the isolated-atom references when cached. The task head is chosen with ``task``
+(``omat``, ``omol``, ``oc20``, ``odac``, ``omc``, …; each spec sets its default), exactly as ``FAIRChemCalculator(
+predict_unit, task_name=...)``. Structures go through the calculator's ``AtomicData.from_ase`` (radius 6 Å, charge
+and spin from ``atoms.info`` with the task's defaults) and are batched with ``atomicdata_list_to_batch``; the
+``batch`` inference settings keep the mixture of linear experts unmerged so a heterogeneous batch is exact.
+
+Features are the model's ``embeddings`` output (``MLP_EFS_Head``: the backbone's ``node_embedding`` after the last
+layer, shape ``(n_atoms, (lmax+1)², C)``, read with a forward hook during ``predict``) — ``layer="last"`` keeps the
+invariant L=0 part ``[:, 0]`` (C channels, 128 for UMA-S); ``layer="last_l1"`` appends the L=1 coefficients
+(flattened, not rotation invariant). The energy is ``predict``'s, equal to ``FAIRChemCalculator``'s.
+
+EquiformerV2 OMat24 checkpoints need fairchem-core 1.x (``OCPCalculator``), which pins torch~=2.4 and so cannot be
+installed beside torch 2.13: those specs (generation 1) carry the loading code for a 1.x environment — features =
+the L=0 part of the backbone's ``node_embedding`` (``SO3_Embedding.embedding[:, 0]``), energy = the trainer's
+prediction — and are not tested here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
+from extractors.datasets import Record
+
+__all__ = ["ENV_REQUIREMENTS", "EXTRA_ENVS", "SPECS", "EquiformerV2Extractor", "FairchemExtractor", "build"]
+
+ENV_REQUIREMENTS = ("fairchem-core==2.24.0",)
+#: EquiformerV2 needs fairchem-core 1.x; pip cannot resolve it with torch==2.13.0 (it pins torch~=2.4.0).
+EXTRA_ENVS = {"fairchem-v1": ("fairchem-core==1.10.0",)}
+
+_PACKAGES = ("fairchem-core", "torch", "ase")
+# id, registered checkpoint name (fairchem's pretrained_models.json or the OMat24 release), default task, description
+_ROWS_V2 = (
+    ("uma-s-1p1-omat", "uma-s-1p1", "omat", "UMA-S 1.1, OMat24 task head"),
+    ("uma-s-1p1-omol", "uma-s-1p1", "omol", "UMA-S 1.1, OMol25 task head"),
+    ("uma-s-1p1-oc20", "uma-s-1p1", "oc20", "UMA-S 1.1, OC20 task head"),
+    ("uma-m-1p1-omat", "uma-m-1p1", "omat", "UMA-M 1.1, OMat24 task head"),
+    ("uma-m-1p1-omol", "uma-m-1p1", "omol", "UMA-M 1.1, OMol25 task head"),
+    ("uma-s-1p2-omat", "uma-s-1p2", "omat", "UMA-S 1.2, OMat24 task head"),
+    ("uma-s-1p2-omol", "uma-s-1p2", "omol", "UMA-S 1.2, OMol25 task head"),
+    ("esen-sm-conserving-all-omol", "esen-sm-conserving-all-omol", "omol", "eSEN-sm conserving (OMol25)"),
+    ("esen-md-direct-all-omol", "esen-md-direct-all-omol", "omol", "eSEN-md direct (OMol25)"),
+    ("esen-30m-oam", None, None, "eSEN-30M-OAM (OMat24 + MPtrj + sAlex; --opt weights=esen_30m_oam.pt)"),
+    ("fairchem", None, None, "any fairchem-core 2 checkpoint (--opt weights=PATH [task=NAME])"),
+)
+_ROWS_V1 = (
+    ("eqv2-31m-omat-mp-salex", "eqV2_31M_omat_mp_salex.pt", "EquiformerV2 31M, OMat24 → MPtrj + sAlex (fairchem 1.x)"),
+    ("eqv2-86m-omat-mp-salex", "eqV2_86M_omat_mp_salex.pt", "EquiformerV2 86M, OMat24 → MPtrj + sAlex (fairchem 1.x)"),
+    ("eqv2-153m-omat-mp-salex", "eqV2_153M_omat_mp_salex.pt", "EquiformerV2 153M, OMat24 → MPtrj + sAlex (1.x)"),
+)
+SPECS = tuple(
+    ModelSpec(
+        id=mid,
+        family="fairchem",
+        config={"generation": 2, "checkpoint": name, "task": task},
+        status=WEIGHTS_PATH,
+        packages=_PACKAGES,
+        description=desc,
+    )
+    for mid, name, task, desc in _ROWS_V2
+) + tuple(
+    ModelSpec(
+        id=mid,
+        family="fairchem",
+        config={"generation": 1, "checkpoint": file, "task": None},
+        status=WEIGHTS_PATH,
+        packages=_PACKAGES,
+        description=desc,
+    )
+    for mid, file, desc in _ROWS_V1
+)
+
+_RADIUS = 6.0  # FAIRChemCalculator's graph radius
+
+
+def _local_checkpoint(spec: ModelSpec, weights: str | None) -> tuple[str, dict | None]:
+    """The checkpoint file and isolated-atom references: ``weights`` (no references), else the files
+    ``get_predict_unit(name)`` cached from Hugging Face."""
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{spec.id}: weights file {path} does not exist.")
+        return str(path), None
+    name = spec.config.get("checkpoint")
+    if name is None or spec.config["generation"] != 2:
+        raise ValueError(f"model {spec.id!r} needs a local checkpoint: pass --opt weights=/path/to/checkpoint.pt.")
+    from fairchem.core._config import CACHE_DIR
+    from fairchem.core.calculate import pretrained_mlip
+    from huggingface_hub import hf_hub_download
+    from omegaconf import OmegaConf
+
+    entry = pretrained_mlip._MODEL_CKPTS.checkpoints[name]
+    common = {"repo_id": entry.repo_id, "revision": entry.revision, "cache_dir": CACHE_DIR, "local_files_only": True}
+    try:
+        path = hf_hub_download(filename=entry.filename, subfolder=entry.subfolder, **common)
+    except Exception:
+        raise FileNotFoundError(
+            f"{spec.id}: {entry.filename} is not in the Hugging Face cache {CACHE_DIR}; download it from "
+            f"{entry.repo_id} and pass --opt weights=PATH."
+        ) from None
+    refs = None
+    if entry.atom_refs is not None:
+        try:
+            refs_path = hf_hub_download(
+                filename=entry.atom_refs["filename"], subfolder=entry.atom_refs["subfolder"], **common
+            )
+            refs = OmegaConf.load(refs_path)
+        except Exception:
+            refs = None  # only single isolated atoms need them; those are then reported per structure
+    return path, refs
+
+
+def _embeddings(output: dict[str, Any], task: str) -> Any:
+    """The ``embeddings`` entry of a fairchem model output: ``<task>_embeddings`` (dataset-specific heads) or
+    ``embeddings`` (single head), unwrapped from ``{"embeddings": tensor}``."""
+    for key in (f"{task}_embeddings", "embeddings"):
+        if key in output:
+            value = output[key]
+            return value["embeddings"] if isinstance(value, dict) else value
+    for value in output.values():
+        if isinstance(value, dict) and "embeddings" in value:
+            return value["embeddings"]
+    raise RuntimeError(f"the model's output has no 'embeddings' entry (keys: {sorted(output)}).")
+
+
+class FairchemExtractor(Extractor):
+    atomistic = True
+    has_energy = True
+    pooling = "mean"
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        layer: str = "last",
+        weights: str | None = None,
+        task: str | None = None,
+        device: str = "cpu",
+        inference_settings: str = "batch",
+    ) -> None:
+        if layer not in ("last", "last_l1"):
+            raise ValueError(f"fairchem offers layer='last' (L=0 of embeddings) or 'last_l1', got {layer!r}.")
+        super().__init__(
+            spec, layer=layer, weights=weights, task=task, device=device, inference_settings=inference_settings
+        )
+        from fairchem.core.units.mlip_unit import load_predict_unit
+
+        self.weights, refs = _local_checkpoint(spec, weights)
+        self.unit = load_predict_unit(
+            self.weights, inference_settings=inference_settings, device=device, atom_refs=refs
+        )
+        tasks = list(self.unit.dataset_to_tasks)
+        task = task if task is not None else spec.config.get("task")
+        if task is None and len(tasks) == 1:
+            task = tasks[0]
+        if task not in tasks:
+            raise ValueError(f"{spec.id}: task must be one of {tasks} (pass --opt task=NAME), got {task!r}.")
+        self.task = task
+        self.device = device
+        backbone = self.unit.model.module.backbone
+        self.max_z = int(getattr(backbone, "max_num_elements", 100)) - 1
+        self.single_atoms = bool(getattr(self.unit.model.module, "supports_single_atoms", False))
+
+    def check(self, record: Record) -> str | None:
+        reason = super().check(record)
+        if reason is None:
+            atoms = record.atoms
+            if int(atoms.numbers.max()) > self.max_z:
+                reason = f"unsupported atomic numbers {sorted({int(z) for z in atoms.numbers if z > self.max_z})}"
+            elif len(atoms) == 1 and not atoms.pbc.any() and not self.single_atoms:
+                reason = "single isolated atom: fairchem returns a reference energy without running the model"
+        return reason
+
+    def data(self, atoms: Any) -> Any:
+        from fairchem.core.datasets.atomic_data import AtomicData
+
+        atoms = atoms.copy()
+        self.unit.validate_atoms_data(atoms, self.task)  # the calculator's defaults (e.g. omol charge and spin)
+        return AtomicData.from_ase(
+            atoms,
+            task_name=self.task,
+            r_edges=False,
+            r_data_keys=["spin", "charge"],
+            max_neigh=None,
+            radius=_RADIUS,
+            target_dtype=self.unit.inference_settings.base_precision_dtype,
+        )
+
+    def embed(self, records: Sequence[Record]) -> list[Embedded]:
+        import torch
+        from fairchem.core.datasets.atomic_data import atomicdata_list_to_batch
+
+        batch = atomicdata_list_to_batch([self.data(r.atoms) for r in records])
+        captured: list[Any] = []
+        handle = self.unit.model.register_forward_hook(lambda _m, _i, out: captured.append(_embeddings(out, self.task)))
+        try:
+            pred = self.unit.predict(batch)
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError("fairchem answered without running the model (isolated single atom).")
+        emb = captured[0].detach()
+        per_atom = emb[:, 0] if self.layer == "last" else emb[:, :4].reshape(emb.shape[0], -1)
+        per_atom = per_atom.to(torch.float32).cpu().numpy()
+        energies = pred["energy"].detach().cpu().numpy().reshape(-1)
+        counts = np.array([len(r.atoms) for r in records])
+        return [
+            Embedded(features=f.mean(axis=0), atom_features=f, energy=float(e))
+            for f, e in zip(np.split(per_atom, np.cumsum(counts)[:-1]), energies, strict=True)
+        ]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "layer_detail": "embeddings output (node_embedding after the last layer), "
+            + ("L=0 part [:, 0]" if self.layer == "last" else "L=0 and L=1 parts [:, :4], flattened"),
+            "weights": self.weights,
+            "task": self.task,
+            "inference_settings": self.options["inference_settings"],
+            "energy_unit": "eV (total)",
+        }
+
+
+class EquiformerV2Extractor(Extractor):
+    """EquiformerV2 through fairchem-core 1.x's ``OCPCalculator(checkpoint_path=FILE, cpu=...)`` (untested here:
+    fairchem-core 1.x cannot be installed beside torch 2.13)."""
+
+    atomistic = True
+    has_energy = True
+    pooling = "mean"
+
+    def __init__(self, spec: ModelSpec, *, layer: str = "last", weights: str | None = None, device: str = "cpu"):
+        if layer != "last":
+            raise ValueError(f"EquiformerV2 offers layer='last' (L=0 of node_embedding), got {layer!r}.")
+        super().__init__(spec, layer=layer, weights=weights, device=device)
+        if weights is None or not os.path.isfile(weights):
+            raise FileNotFoundError(f"{spec.id}: pass --opt weights=/path/to/{spec.config['checkpoint']}.")
+        from fairchem.core.common.relaxation.ase_utils import OCPCalculator
+
+        self.weights = str(weights)
+        self.calc = OCPCalculator(checkpoint_path=self.weights, cpu=device == "cpu", seed=0)
+        model = self.calc.trainer.model
+        self.model = getattr(model, "module", model)
+
+    def embed(self, records: Sequence[Record]) -> list[Embedded]:
+        import torch
+        from fairchem.core.datasets import data_list_collater
+
+        batch = data_list_collater([self.calc.a2g.convert(r.atoms) for r in records], otf_graph=True)
+        captured: list[Any] = []
+        handle = self.model.backbone.register_forward_hook(
+            lambda _m, _i, out: captured.append(out["node_embedding"].embedding[:, 0].detach())
+        )
+        try:
+            pred = self.calc.trainer.predict(batch, per_image=False, disable_tqdm=True)
+        finally:
+            handle.remove()
+        per_atom = captured[0].to(torch.float32).cpu().numpy()
+        energies = pred["energy"].detach().cpu().numpy().reshape(-1)
+        counts = np.array([len(r.atoms) for r in records])
+        return [
+            Embedded(features=f.mean(axis=0), atom_features=f, energy=float(e))
+            for f, e in zip(np.split(per_atom, np.cumsum(counts)[:-1]), energies, strict=True)
+        ]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "layer_detail": "backbone node_embedding (SO3_Embedding) L=0 part, forward hook during trainer.predict",
+            "weights": self.weights,
+            "energy_unit": "eV (total)",
+        }
+
+
+def build(spec: ModelSpec, **options: Any) -> Extractor:
+    if spec.config["generation"] == 1:
+        return EquiformerV2Extractor(spec, **options)
+    return FairchemExtractor(spec, **options)

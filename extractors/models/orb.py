@@ -1,0 +1,164 @@
+"""Orb (Neumann et al., arXiv:2410.22570; orb-v3: Rhodes et al., arXiv:2504.06231); weights are local checkpoints.
+
+Loading is the library's own: ``ORB_PRETRAINED_MODELS[name](weights_path=FILE, device=..., precision=...,
+compile=False)`` builds the model's architecture and loads the ``.ckpt`` state dict into it (``load_model``: strict
+``load_state_dict``). Without ``--opt weights=PATH`` the file is looked up in ``cached_path``'s cache, where
+orb-models keeps the checkpoints it downloaded; nothing is downloaded here.
+
+Per-atom features are ``node_features`` of the backbone's (``MoleculeGNS``) forward output: the node latents after
+the last message-passing step (256-d for orb-v2/v3), read with a forward hook on ``model.model`` during the model's
+own ``predict`` (the call ``ORBCalculator`` makes), which also gives the energy. Structures are batched with
+``ase_atoms_to_atom_graphs`` + ``batch_graphs``. Conservative models differentiate the energy for forces inside
+``predict``, so their pass runs with gradients enabled. OMol25 models condition on total charge and spin
+multiplicity: ``atoms.info["charge"]``/``["spin"]``, defaulting to the ``charge``/``spin`` options (0 and 1).
+orb-models ≥ 0.6 needs Python ≥ 3.12; on Python 3.11 the newest is 0.5.5 (``python -m extractors.envs create orb``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
+from extractors.datasets import Record
+
+__all__ = ["ENV_REQUIREMENTS", "SPECS", "OrbExtractor", "build", "resolve_weights"]
+
+ENV_REQUIREMENTS = ("orb-models==0.5.5",)
+
+_PACKAGES = ("orb-models", "torch", "ase")
+_ROWS = (
+    ("orb-v3-conservative-inf-omat", "orb-v3 conservative, unlimited neighbours (OMat24)"),
+    ("orb-v3-conservative-20-omat", "orb-v3 conservative, 20 neighbours (OMat24)"),
+    ("orb-v3-direct-inf-omat", "orb-v3 direct, unlimited neighbours (OMat24)"),
+    ("orb-v3-direct-20-omat", "orb-v3 direct, 20 neighbours (OMat24)"),
+    ("orb-v3-conservative-inf-mpa", "orb-v3 conservative, unlimited neighbours (MPtrj + sAlex)"),
+    ("orb-v3-direct-inf-mpa", "orb-v3 direct, unlimited neighbours (MPtrj + sAlex)"),
+    ("orb-v3-conservative-omol", "orb-v3 conservative (OMol25; charge and spin conditioned)"),
+    ("orb-v3-direct-omol", "orb-v3 direct (OMol25; charge and spin conditioned)"),
+    ("orb-v2", "orb-v2 (MPtrj + Alexandria)"),
+    ("orb-mptraj-only-v2", "orb-v2 trained on MPtrj only"),
+)
+SPECS = tuple(
+    ModelSpec(
+        id=name,
+        family="orb",
+        config={"name": name},
+        status=WEIGHTS_PATH,
+        packages=_PACKAGES,
+        description=desc,
+    )
+    for name, desc in _ROWS
+)
+
+
+def resolve_weights(name: str, weights: str | None) -> str:
+    """A local checkpoint: ``weights`` when given, else the file ``cached_path`` holds for the model's URL."""
+    import inspect
+
+    from orb_models.forcefield.pretrained import ORB_PRETRAINED_MODELS
+
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: weights file {path} does not exist.")
+        return str(path)
+    url = inspect.signature(ORB_PRETRAINED_MODELS[name]).parameters["weights_path"].default
+    try:
+        from cached_path import cached_path
+
+        return str(cached_path(url, local_files_only=True))
+    except Exception as err:  # not in the cache (FileNotFoundError and friends)
+        raise FileNotFoundError(
+            f"{name}: no local checkpoint ({type(err).__name__}). Download {url} and pass --opt weights=PATH."
+        ) from None
+
+
+class OrbExtractor(Extractor):
+    atomistic = True
+    has_energy = True
+    pooling = "mean"
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        layer: str = "last",
+        weights: str | None = None,
+        device: str = "cpu",
+        precision: str = "float32-high",
+        charge: float = 0.0,
+        spin: float = 1.0,
+    ) -> None:
+        if layer != "last":
+            raise ValueError(f"Orb offers layer='last' (node_features of the backbone output), got {layer!r}.")
+        super().__init__(
+            spec, layer=layer, weights=weights, device=device, precision=precision, charge=charge, spin=spin
+        )
+        from orb_models.forcefield.pretrained import ORB_PRETRAINED_MODELS
+
+        name = spec.config["name"]
+        if name not in ORB_PRETRAINED_MODELS:
+            raise ValueError(f"{spec.id}: orb-models has no model {name!r}; it knows {list(ORB_PRETRAINED_MODELS)}.")
+        self.weights = resolve_weights(name, weights)
+        self.model = ORB_PRETRAINED_MODELS[name](
+            weights_path=self.weights, device=device, precision=precision, compile=False
+        )
+        self.model.eval()
+        self.device = device
+        self.precision = precision
+        self.conservative = hasattr(self.model, "grad_forces_name")
+        conditioner = getattr(self.model.model, "conditioner", None)
+        self.charge_spin = conditioner is not None and type(conditioner).__name__ == "ChargeSpinConditioner"
+        self.charge, self.spin = float(charge), float(spin)
+
+    def graphs(self, records: Sequence[Record]) -> Any:
+        from orb_models.forcefield.atomic_system import ase_atoms_to_atom_graphs
+        from orb_models.forcefield.base import batch_graphs
+
+        out = []
+        for r in records:
+            atoms = r.atoms
+            if self.charge_spin and not ("charge" in atoms.info and "spin" in atoms.info):
+                atoms = atoms.copy()
+                atoms.info.update(charge=self.charge, spin=self.spin)
+            out.append(ase_atoms_to_atom_graphs(atoms, system_config=self.model.system_config, device=self.device))
+        return batch_graphs(out)
+
+    def embed(self, records: Sequence[Record]) -> list[Embedded]:
+        import torch
+
+        batch = self.graphs(records)
+        captured: list[torch.Tensor] = []
+        handle = self.model.model.register_forward_hook(
+            lambda _m, _i, out: captured.append(out["node_features"].detach())
+        )
+        try:
+            with torch.set_grad_enabled(self.conservative):
+                pred = self.model.predict(batch)
+        finally:
+            handle.remove()
+        per_atom = captured[0].float().cpu().numpy()
+        energies = pred["energy"].detach().cpu().numpy().reshape(-1)
+        counts = np.array([len(r.atoms) for r in records])
+        return [
+            Embedded(features=f.mean(axis=0), atom_features=f, energy=float(e))
+            for f, e in zip(np.split(per_atom, np.cumsum(counts)[:-1]), energies, strict=True)
+        ]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "layer_detail": "node_features of the backbone (model.model) output, forward hook during predict()",
+            "weights": self.weights,
+            "precision": self.precision,
+            "conservative": self.conservative,
+            "charge_spin_defaults": [self.charge, self.spin] if self.charge_spin else None,
+            "energy_unit": "eV (total)",
+        }
+
+
+def build(spec: ModelSpec, **options: Any) -> OrbExtractor:
+    return OrbExtractor(spec, **options)
