@@ -72,9 +72,12 @@ def test_searched_and_counted_ranks_agree():
     x, y = _pair(1)
     for k in (3, COUNT_UP_TO_K + 3):
         nx, ny = knn(x, k, metric="euclidean").indices, knn(y, k, metric="euclidean").indices
-        counted = _information_imbalance(x, y, nx, ny, search=False, tile=7, mesh=None)
-        searched = _information_imbalance(x, y, nx, ny, search=True, tile=None, mesh=None)
+        counted = _information_imbalance(x, y, nx, ny, k=k, search=False, tile=7, mesh=None)
+        searched = _information_imbalance(x, y, nx, ny, k=k, search=True, tile=None, mesh=None)
         np.testing.assert_array_equal(counted, searched)
+        # neighbours found inside the rank pass (no graphs given) are the engine's
+        fused = _information_imbalance(x, y, nx[:, :0], ny[:, :0], k=k, search=False, tile=7, mesh=None)
+        np.testing.assert_array_equal(fused, counted)
 
 
 def test_ties_take_the_smallest_rank():

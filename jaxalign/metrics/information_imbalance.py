@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from jaxalign._checks import as_features, check_k, check_same_n, check_variance
-from jaxalign.neighbors import NeighborGraph, resolve_graph
+from jaxalign.neighbors import NeighborGraph, check_graph
 from jaxalign.tiling import map_row_tiles, pairwise_block, resolve_mesh
 
 __all__ = ["COUNT_UP_TO_K", "information_imbalance"]
@@ -71,33 +71,40 @@ def _ranks(dist: jax.Array, idx: jax.Array, *, search: bool) -> jax.Array:
 
 
 def _rank_sums_tile(
-    rows: jax.Array, x: jax.Array, y: jax.Array, nbr_x: jax.Array, nbr_y: jax.Array, *, search: bool
+    rows: jax.Array, x: jax.Array, y: jax.Array, nbr_x: jax.Array, nbr_y: jax.Array, *, k: int, search: bool
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-row sums of the Y-ranks of the X-neighbours and of the X-ranks of the Y-neighbours."""
+    """Per-row sums of the Y-ranks of the X-neighbours and of the X-ranks of the Y-neighbours.
+
+    A zero-width ``nbr_x``/``nbr_y`` means no graph was given: the k nearest neighbours are then taken from the very
+    distance block the ranks use (the engine's top-k fused into this pass, saving one N² pass per embedding).
+    """
     diag = (jnp.arange(rows.shape[0]), rows)
     dist_x = pairwise_block(x[rows], x, "sqeuclidean").at[diag].set(jnp.inf)
     dist_y = pairwise_block(y[rows], y, "sqeuclidean").at[diag].set(jnp.inf)
-    x_to_y = _ranks(dist_y, nbr_x[rows], search=search).sum(1)
-    y_to_x = _ranks(dist_x, nbr_y[rows], search=search).sum(1)
+    near_x = nbr_x[rows] if nbr_x.shape[1] else jax.lax.top_k(-dist_x, k)[1]
+    near_y = nbr_y[rows] if nbr_y.shape[1] else jax.lax.top_k(-dist_y, k)[1]
+    x_to_y = _ranks(dist_y, near_x, search=search).sum(1)
+    y_to_x = _ranks(dist_x, near_y, search=search).sum(1)
     return x_to_y, y_to_x
 
 
-@functools.partial(jax.jit, static_argnames=("search", "tile", "mesh"))
+@functools.partial(jax.jit, static_argnames=("k", "search", "tile", "mesh"))
 def _information_imbalance(
     x: jax.Array,
     y: jax.Array,
     nbr_x: jax.Array,
     nbr_y: jax.Array,
     *,
+    k: int,
     search: bool,
     tile: int | None,
     mesh: Mesh | None,
 ) -> jax.Array:
-    n, k = nbr_x.shape
+    n = x.shape[0]
     dtype = jnp.result_type(x.dtype, y.dtype)
     x = x - x.mean(0)
     y = y - y.mean(0)
-    fn = functools.partial(_rank_sums_tile, search=search)
+    fn = functools.partial(_rank_sums_tile, k=k, search=search)
     x_to_y, y_to_x = map_row_tiles(fn, n, x, y, nbr_x, nbr_y, tile=tile, mesh=mesh)
     scale = 2.0 / (n * n * k)
     return jnp.stack([x_to_y.astype(dtype).sum(), y_to_x.astype(dtype).sum()]) * scale
@@ -139,6 +146,13 @@ def information_imbalance(
     check_variance(y, "y")
     mesh = resolve_mesh(mesh)
     purpose = "information imbalance (Euclidean ranks without the point itself)"
-    nbr_x = resolve_graph(x, graph_x, k=k, metric="euclidean", name="x", purpose=purpose, tile=tile, mesh=mesh).indices
-    nbr_y = resolve_graph(y, graph_y, k=k, metric="euclidean", name="y", purpose=purpose, tile=tile, mesh=mesh).indices
-    return _information_imbalance(x, y, nbr_x, nbr_y, search=k > COUNT_UP_TO_K, tile=tile, mesh=mesh)
+    neighbours = []
+    for graph, name in ((graph_x, "x"), (graph_y, "y")):
+        if graph is None:  # found inside the rank pass, from the same distance block
+            neighbours.append(jnp.zeros((n, 0), jnp.int32))
+        else:
+            graph = check_graph(
+                graph, f"graph_{name}", metric="euclidean", n=n, k=k, data_name=name, purpose=purpose
+            )
+            neighbours.append(graph.indices)
+    return _information_imbalance(x, y, *neighbours, k=k, search=k > COUNT_UP_TO_K, tile=tile, mesh=mesh)
