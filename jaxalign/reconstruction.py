@@ -38,7 +38,7 @@ from jax.sharding import Mesh
 from jaxalign._checks import as_features, check_same_n, is_concrete
 from jaxalign.neighbors import neighbor_graph
 from jaxalign.preprocessing import center_scale_total_variance
-from jaxalign.ridge import DEFAULT_ALPHAS, SEED, check_alphas, fit_ridge2fold
+from jaxalign.ridge import DEFAULT_ALPHAS, SEED, check_alphas, fit_predict_ridge2fold, fit_ridge2fold
 from jaxalign.tiling import TILE_BUDGET, default_tile, map_row_tiles, resolve_mesh, safe_sqrt
 
 __all__ = ["gfrd", "gfre", "lfre", "pointwise_gfrd", "pointwise_gfre", "pointwise_lfre", "train_test_indices"]
@@ -142,20 +142,23 @@ def _pad(a: jax.Array, rows: int, cols: int) -> jax.Array:
     return jnp.pad(a, ((0, rows - a.shape[0]), (0, cols - a.shape[1])))
 
 
-@functools.partial(jax.jit, static_argnames=("random_state", "shuffle"))
-def _pointwise_global(x, y, train, test, alphas, *, random_state: int, shuffle: bool) -> tuple[jax.Array, jax.Array]:
-    """Pointwise GFRE and GFRD of the test rows, from one ridge fit (one compilation serves both measures)."""
+@functools.partial(jax.jit, static_argnames=("distortion", "random_state", "shuffle"))
+def _pointwise_global(x, y, train, test, alphas, *, distortion: bool, random_state: int, shuffle: bool) -> jax.Array:
+    """Pointwise GFRE (``distortion=False``) or GFRD (``distortion=True``) of the test rows from one ridge fit.
+
+    The flag is static so GFRE never pays for the Procrustes step (an SVD and N·d² products) that only GFRD needs.
+    """
     x_train, x_test = _scaled_split(x, train, test)
     y_train, y_test = _scaled_split(y, train, test)
     fit = fit_ridge2fold(x_train, y_train, alphas, random_state=random_state, shuffle=shuffle)
-    error = _row_norm(y_test - x_test @ fit.weights)
+    if not distortion:
+        return _row_norm(y_test - x_test @ fit.weights)
     # distortion: zero-pad X and W to max(d_x, d_y) columns, Procrustes X_train → Ŷ_train, compare on the test rows
     width = max(x.shape[1], y.shape[1])
     w = _pad(fit.weights, width, width)
     x_train, x_test = _pad(x_train, x_train.shape[0], width), _pad(x_test, x_test.shape[0], width)
     q = _procrustes(x_train, x_train @ w)
-    distortion = _row_norm(x_test @ w - x_test @ q)
-    return error, distortion
+    return _row_norm(x_test @ w - x_test @ q)
 
 
 _GLOBAL_ARGS = """
@@ -184,7 +187,9 @@ def pointwise_gfre(
     ``pointwise_global_reconstruction_error``), in the order of the test indices.
     """
     x, y, train, test, alphas = _validate(x, y, train_idx, test_idx, alphas, random_state)
-    return _pointwise_global(x, y, train, test, alphas, random_state=int(random_state), shuffle=bool(shuffle))[0]
+    return _pointwise_global(
+        x, y, train, test, alphas, distortion=False, random_state=int(random_state), shuffle=bool(shuffle)
+    )
 
 
 def gfre(
@@ -224,7 +229,9 @@ def pointwise_gfrd(
     ``pointwise_global_reconstruction_distortion``), in the order of the test indices; works for any d_x, d_y.
     """
     x, y, train, test, alphas = _validate(x, y, train_idx, test_idx, alphas, random_state)
-    return _pointwise_global(x, y, train, test, alphas, random_state=int(random_state), shuffle=bool(shuffle))[1]
+    return _pointwise_global(
+        x, y, train, test, alphas, distortion=True, random_state=int(random_state), shuffle=bool(shuffle)
+    )
 
 
 def gfrd(
@@ -266,8 +273,10 @@ def _lfre_tile(rows, x_train, y_train, x_test, y_test, neighbours, alphas, *, ra
     def one(xq: jax.Array, yq: jax.Array, nb: jax.Array) -> jax.Array:
         x_loc, y_loc = x_train[nb], y_train[nb]
         x_mean, y_mean = x_loc.mean(0), y_loc.mean(0)
-        fit = fit_ridge2fold(x_loc - x_mean, y_loc - y_mean, alphas, random_state=random_state, shuffle=shuffle)
-        return _row_norm(yq - (y_mean + (xq - x_mean) @ fit.weights))
+        pred = fit_predict_ridge2fold(
+            x_loc - x_mean, y_loc - y_mean, xq - x_mean, alphas, random_state=random_state, shuffle=shuffle
+        )
+        return _row_norm(yq - (y_mean + pred))
 
     return jax.vmap(one)(query, y_test[rows], neighbours)
 
@@ -312,7 +321,7 @@ def pointwise_lfre(
         )
     n_test = int(test.shape[0])
     if tile is None:
-        width = 4 * k * (x.shape[1] + y.shape[1]) + len(alphas) * k * y.shape[1]  # one local fit per row
+        width = 4 * k * (x.shape[1] + y.shape[1])  # one local fit per row (the α grid is scored without a batch)
         tile = default_tile(n_test, width, TILE_BUDGET)
     return _pointwise_lfre(
         x,
