@@ -1,0 +1,177 @@
+"""The on-disk cache that lets a run resume anywhere and a rerun recompute nothing.
+
+Every result is stored under a *content key*: the sha256 of the canonical JSON of everything it depends on (dataset
+id and content digest, N, seed, model id, layer, package versions, analysis parameters). Changing any input changes
+the key, so stale results are never reused and nothing has to be invalidated by hand. Files are written to a
+temporary name in the target directory, fsync'ed and renamed into place (``os.replace`` is atomic on POSIX), so a
+run killed at any instant leaves either the old file or the new one, never half a file.
+
+Long stages keep a :class:`Checkpoint` — a JSON map item → value rewritten atomically every few seconds — so a run
+killed mid-stage resumes after the last saved item. :class:`StageLog` records, per stage, how many items were
+computed and how many were read from the cache (the tests assert that a rerun computes nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Checkpoint",
+    "StageLog",
+    "atomic_write_bytes",
+    "content_key",
+    "read_json",
+    "read_npz",
+    "write_json",
+    "write_npz",
+]
+
+
+def _canonical(payload: Any) -> str:
+    return json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def content_key(kind: str, payload: Mapping[str, Any]) -> str:
+    """A 20-hex-digit content key: sha256 of ``kind`` and the canonical JSON of ``payload``."""
+    return hashlib.sha256(f"{kind}\0{_canonical(payload)}".encode()).hexdigest()[:20]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_npz(path: str | Path, arrays: Mapping[str, Any]) -> Path:
+    """Atomically write ``arrays`` (no pickle) to an uncompressed ``.npz``."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+class Checkpoint:
+    """Item → JSON value results of one cached computation, saved atomically at most every ``flush_s`` seconds.
+
+    ``with Checkpoint(path, key) as ck:`` loads what a killed run saved under the same ``key`` (anything saved under
+    another key is discarded); ``ck.get(item)`` / ``ck.put(item, value)``; leaving the block saves the rest.
+    """
+
+    def __init__(self, path: str | Path, key: str, *, flush_s: float = 2.0) -> None:
+        self.path = Path(path)
+        self.key = key
+        self.flush_s = float(flush_s)
+        self.values: dict[str, Any] = {}
+        self.resumed = 0
+        if self.path.exists():
+            try:
+                saved = read_json(self.path)
+            except (json.JSONDecodeError, OSError):
+                saved = {}
+            if saved.get("key") == key:
+                self.values = dict(saved.get("values", {}))
+                self.resumed = len(self.values)
+        self._dirty = False
+        self._last = time.monotonic()
+
+    def __contains__(self, item: str) -> bool:
+        return item in self.values
+
+    def get(self, item: str) -> Any:
+        return self.values[item]
+
+    def put(self, item: str, value: Any) -> None:
+        self.values[item] = value
+        self._dirty = True
+        if time.monotonic() - self._last >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._dirty:
+            write_json(self.path, {"key": self.key, "values": self.values})
+            self._dirty = False
+        self._last = time.monotonic()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.flush()
+
+
+class StageLog:
+    """Per-stage counts of computed and cached items, wall time and a one-line summary, appended to
+    ``<run dir>/stage_log.jsonl`` (one JSON object per finished stage) and echoed to stderr."""
+
+    def __init__(self, path: str | Path, *, echo: bool = True) -> None:
+        self.path = Path(path)
+        self.echo = echo
+        self.stages: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[dict[str, Any]]:
+        """Time a stage; the body fills ``computed``/``cached`` counts and a ``summary`` in the yielded dict."""
+        entry: dict[str, Any] = {"stage": name, "computed": 0, "cached": 0, "summary": ""}
+        start = time.perf_counter()
+        try:
+            yield entry
+        finally:
+            entry["seconds"] = round(time.perf_counter() - start, 3)
+            entry.setdefault("status", "done")
+        self.stages.append(entry)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(entry, default=_json_default) + "\n")
+        if self.echo:
+            import sys
+
+            print(
+                f"[{name}] {entry['summary']} ({entry['computed']} computed, {entry['cached']} cached, "
+                f"{entry['seconds']:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )

@@ -1,0 +1,387 @@
+"""Stage 7 — figures: every plot of both seeds, drawn with :mod:`jaxalign.plots` and saved as PNG and SVG.
+
+:func:`figure_plan` lists the figures a run can draw from its results (stem, title, one line on how to read it,
+and a function drawing it); :func:`draw_figures` draws them into a directory. The experiment app draws into a
+temporary directory of the cache and renames it into place, so a rerun with the same results copies the finished
+figures instead of drawing them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Figure", "draw_figures", "figure_plan", "representative_pairs"]
+
+BASELINE_FAMILY = "baseline"
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One planned figure: file ``stem``, ``title`` (as in the papers), ``how_to_read`` and a ``draw()`` thunk."""
+
+    stem: str
+    title: str
+    how_to_read: str
+    draw: Callable[[], Any]
+
+
+def representative_pairs(names: Sequence[str], families: Sequence[str], limit: int = 8) -> list[tuple[str, str]]:
+    """A few model pairs for line plots: one within-family pair per family, then cross-family pairs between the
+    first models of each family, then pairs with the random baseline; at most ``limit``."""
+    first: dict[str, str] = {}
+    for n, f in zip(names, families, strict=True):
+        first.setdefault(f, n)
+    within, cross, random = [], [], []
+    for f in first:
+        members = [n for n, g in zip(names, families, strict=True) if g == f]
+        if len(members) >= 2 and f != BASELINE_FAMILY:
+            within.append((members[0], members[1]))
+    for f, g in itertools.combinations(first, 2):
+        pair = (first[f], first[g])
+        (random if BASELINE_FAMILY in (f, g) else cross).append(pair)
+    out = within[:3] + cross[:3] + random[:2]
+    return out[:limit]
+
+
+def _metric_label(name: str, k_main: int) -> str:
+    labels = {
+        "cknna": f"CKNNA (k = {k_main})",
+        "mutual_knn": "mutual kNN",
+        "cka": "CKA (linear)",
+        "unbiased_cka": "unbiased CKA",
+        "dcor": "distance correlation",
+    }
+    if name.startswith("ii@"):
+        return f"information imbalance Δ(row → column), k = {name[3:]}"
+    return labels.get(name, name)
+
+
+def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
+    """The figures the results support, in report order."""
+    from jaxalign.plots import alignment as pa
+    from jaxalign.plots import intrinsic_dimension as pid
+    from jaxalign.plots import maps as pm
+    from jaxalign.plots import reconstruction as pr
+    from jaxalign.plots.tree import plot_tree
+    from jaxalign.tree import jsd_distance, neighbor_joining
+
+    names: list[str] = list(results["models"])
+    families: list[str] = list(results["families"])
+    mats = results["matrices"]
+    k_main = int(mats["cknna_k_main"])
+    fam = dict(zip(names, families, strict=True))
+    plan: list[Figure] = []
+
+    # --- seed 000 Fig. 1A / 1C and the other metric matrices
+    plan.append(
+        Figure(
+            "fig1a_cknna_heatmap",
+            f"Fig. 1A — CKNNA (k = {k_main}) between every pair of models",
+            "Brighter = more similar neighbourhoods; white lines separate model families (colour strips).",
+            lambda: pa.alignment_heatmap(
+                mats["cknna"], names, families=fam, title=f"CKNNA (k = {k_main})", cbar_label=f"CKNNA (k = {k_main})"
+            ),
+        )
+    )
+    plan.append(
+        Figure(
+            "fig1c_cknna_family_heatmap",
+            "Fig. 1C / C6 — CKNNA condensed to model families",
+            "Cell (a, b) is the mean CKNNA between distinct models of families a and b; the outlined diagonal is "
+            "within-family alignment.",
+            lambda: pa.family_heatmap(
+                mats["cknna"],
+                names,
+                fam,
+                title=f"CKNNA (k = {k_main}) by family",
+                cbar_label=f"mean CKNNA (k = {k_main})",
+            ),
+        )
+    )
+    for metric in ("mutual_knn", "cka", "unbiased_cka", "dcor"):
+        plan.append(
+            Figure(
+                f"figC_{metric}_heatmap",
+                f"{_metric_label(metric, k_main)} between every pair of models",
+                "Same layout as Fig. 1A for another alignment measure; compare its ordering of pairs with CKNNA's.",
+                functools.partial(
+                    pa.alignment_heatmap,
+                    mats[metric],
+                    names,
+                    families=fam,
+                    title=_metric_label(metric, k_main),
+                    cbar_label=_metric_label(metric, k_main),
+                ),
+            )
+        )
+    for k in mats["ii_k"]:
+        plan.append(
+            Figure(
+                f"figC9_information_imbalance_k{k}_heatmap",
+                f"Information imbalance Δ(row → column), k = {k}",
+                "Low Δ(A→B) means A's neighbourhoods predict B's; compare a cell with its mirror to see which model is "
+                "more informative.",
+                functools.partial(
+                    pa.alignment_heatmap,
+                    mats[f"ii@{k}"],
+                    names,
+                    families=fam,
+                    title=f"Δ(row → column), k = {k}",
+                    cbar_label=f"information imbalance (k = {k})",
+                ),
+            )
+        )
+
+    # --- Fig. 1B alignment vs energy error
+    energy = results.get("energy") or {}
+    mae = energy.get("mae_mev_atom") or {}
+    if len(mae) >= 2:
+        best = min(mae, key=mae.get)
+        col = names.index(best)
+        err = np.array([mae.get(n, np.nan) for n in names])
+        plan.append(
+            Figure(
+                "fig1b_alignment_vs_energy_error",
+                f"Fig. 1B / 3 — alignment with the most accurate model ({best}) against energy error",
+                f"x: CKNNA with {best}; y: energy-regression MAE against the {energy['reference']} reference. Points "
+                "falling from left to right mean that better models align more with the best one.",
+                lambda: pa.alignment_vs_energy_error(
+                    mats["cknna"][:, col],
+                    err,
+                    names,
+                    families=fam,
+                    reference_name=best,
+                    xlabel=f"CKNNA (k = {k_main}) with {best}",
+                ),
+            )
+        )
+
+    # --- Fig. 1D CKNNA vs dCor
+    plan.append(
+        Figure(
+            "fig1d_cknna_vs_dcor",
+            "Fig. 1D — CKNNA against distance correlation, one point per model pair",
+            "Agreement of a local (CKNNA) and a global (dCor) measure; the title gives the Spearman rank correlation.",
+            lambda: pa.metric_scatter(
+                mats["cknna"],
+                mats["dcor"],
+                names,
+                xlabel=f"CKNNA (k = {k_main})",
+                ylabel="distance correlation",
+                families=fam,
+            ),
+        )
+    )
+
+    # --- Fig. 1E intrinsic dimension
+    ids = results.get("intrinsic_dimension") or {}
+    if ids:
+        local = {n: np.asarray(ids[n]["local_mle"], dtype=float) for n in names}
+        glob = {n: float(ids[n]["twonn"]) for n in names}
+        spread = max(glob.values()) / max(min(glob.values()), 1e-9)
+        plan.append(
+            Figure(
+                "fig1e_intrinsic_dimension_violins",
+                "Fig. 1E / C7 — intrinsic dimension of each model's embedding",
+                f"Violins: per-structure Levina–Bickel estimates (k = {ids['k']}); diamonds: TwoNN on all structures. "
+                "The random baseline should sit far above the trained models.",
+                lambda: pid.intrinsic_dimension_violins(
+                    local,
+                    families=fam,
+                    global_values=glob,
+                    logy=spread > 20,
+                    ylabel=f"intrinsic dimension (local MLE, k = {ids['k']})",
+                ),
+            )
+        )
+
+    # --- Fig. 2B information-imbalance plane
+    for k in mats["ii_k"][-1:]:
+        mat = mats[f"ii@{k}"]
+        pairs = list(itertools.combinations(range(len(names)), 2))
+        plan.append(
+            Figure(
+                f"fig2b_information_imbalance_plane_k{k}",
+                f"Fig. 2B / C9 — information-imbalance plane (k = {k})",
+                "Each point is a model pair (A, B) at (Δ(A→B), Δ(B→A)): near the origin they carry the same "
+                "information, near (1, 1) none in common; off the diagonal one model is more informative.",
+                lambda mat=mat, pairs=pairs, k=k: pa.information_imbalance_plane(
+                    [mat[i, j] for i, j in pairs],
+                    [mat[j, i] for i, j in pairs],
+                    [(names[i], names[j]) for i, j in pairs],
+                    same_family=[families[i] == families[j] for i, j in pairs],
+                    title=f"information imbalance, k = {k}",
+                ),
+            )
+        )
+
+    # --- Fig. 1F tree
+    if len(names) >= 3:
+
+        def draw_tree() -> Any:
+            dist = jsd_distance(np.clip(np.nan_to_num(mats["cknna"], nan=0.0), 0.0, None))
+            tree = neighbor_joining(np.asarray(dist, dtype=np.float64), names)
+            return plot_tree(tree, families=fam, title=f"model tree from CKNNA (k = {k_main})").figure
+
+        plan.append(
+            Figure(
+                "fig1f_model_tree",
+                "Fig. 1F — evolutionary tree of the models",
+                "Neighbour-joining tree of the Jensen–Shannon distances between the models' CKNNA profiles; models on "
+                "nearby branches see the structures alike.",
+                draw_tree,
+            )
+        )
+
+    # --- Fig. 2A / 2D maps
+    maps = results.get("maps") or {}
+    ood = results.get("ood_mask")
+    if maps:
+        coords = {n: maps[n] for n in names if n in maps}
+        size = results.get("n_atoms")
+        plan.append(
+            Figure(
+                "fig2a_structure_maps",
+                "Fig. 2A — 2-D PCovR maps of the structures, one per model",
+                "Each point is a structure, coloured by its number of atoms; out-of-distribution (strained) structures "
+                "are circled in red. Compare how models arrange the same structures.",
+                lambda: pm.map_grid(
+                    coords,
+                    color=None if size is None else np.asarray(size, float),
+                    color_label="atoms per structure",
+                    ood_mask=ood,
+                    log_color=True,
+                    xlabel="PCov 1",
+                    ylabel="PCov 2",
+                ),
+            )
+        )
+        umap = results.get("umap") or {}
+        if umap:
+            plan.append(
+                Figure(
+                    "fig2a_structure_maps_umap",
+                    "Fig. 2A (UMAP) — 2-D UMAP maps of the structures, one per model",
+                    "As above with UMAP (15 neighbours) instead of PCovR: local neighbourhoods are kept, distances "
+                    "between clusters are not meaningful.",
+                    lambda: pm.map_grid(
+                        {n: umap[n] for n in names if n in umap},
+                        color=None if size is None else np.asarray(size, float),
+                        color_label="atoms per structure",
+                        ood_mask=ood,
+                        log_color=True,
+                        xlabel="UMAP 1",
+                        ylabel="UMAP 2",
+                    ),
+                )
+            )
+        per = energy.get("per_structure") or {}
+        if per:
+            emaps = {n: maps[n] for n in names if n in per}
+            # robust colour limits: exact zeros (a composition seen once is fitted exactly) and a few huge errors
+            # would otherwise stretch the log scale over many decades
+            flat = np.concatenate([np.asarray(per[n], float) for n in emaps])
+            flat = flat[np.isfinite(flat) & (flat > 0)]
+            lo, hi = np.percentile(flat, [5, 99]) if flat.size else (None, None)
+            plan.append(
+                Figure(
+                    "fig2d_energy_error_maps",
+                    "Fig. 2D — the same maps coloured by each model's energy error",
+                    f"Colour: |ΔE_ref − ΔE_model| per atom against the {energy['reference']} reference (log scale); "
+                    "bright clusters, often the circled out-of-distribution structures, are where a model fails.",
+                    lambda: pm.map_grid(
+                        emaps,
+                        color={n: np.asarray(per[n]) for n in emaps},
+                        color_label="|energy error| (meV/atom)",
+                        ood_mask=ood,
+                        log_color=True,
+                        vmin=lo,
+                        vmax=hi,
+                        xlabel="PCov 1",
+                        ylabel="PCov 2",
+                    ),
+                )
+            )
+
+    # --- seed 003 reconstruction
+    rec = results.get("reconstruction") or {}
+    for level in rec.get("levels", []):
+        for measure in ("gfre", "lfre"):
+            what = "atomic environments" if level == "atom" else f"cumulant descriptors φ({rec['order']})"
+            plan.append(
+                Figure(
+                    f"fig_s003_{measure}_{level}",
+                    f"Seed 003 Fig. 1–3 — {measure.upper()} between models, {what}",
+                    "Cell (row i, column j): error reconstructing model j's features from model i's (0 = perfect, "
+                    "≈ 1 = nothing); compare a cell with its mirror to see which feature space holds more.",
+                    functools.partial(
+                        pr.reconstruction_heatmap,
+                        rec[f"{level}_{measure}"],
+                        rec["models"],
+                        title=f"{measure.upper()} ({what})",
+                        cbar_label=measure.upper(),
+                    ),
+                )
+            )
+    for m in rec.get("order_models", []):
+        plan.append(
+            Figure(
+                f"fig8_cumulant_orders_{m}",
+                f"Seed 003 Fig. 8 — GFRE between cumulant orders, {m}",
+                "Cell (i, j): GFRE of φ(j) from φ(i). φ(i) contains φ(j) for j < i, so the lower triangle is near 0; "
+                "the upper triangle shows what each higher cumulant adds.",
+                functools.partial(
+                    pr.cumulant_order_heatmap, rec[f"order:{m}"], rec["orders"], title=f"{m}: φ(i) → φ(j)"
+                ),
+            )
+        )
+
+    # --- Fig. A1 CKNNA vs k
+    ks = list(mats["cknna_k"])
+    if len(ks) >= 2:
+        pairs = representative_pairs(names, families)
+        ks_plot = ks + ([int(mats["n"]) - 1] if mats.get("full_k") else [])
+        fields = [f"cknna@{k}" for k in ks] + (["cknna@full"] if mats.get("full_k") else [])
+        values = {(a, b): [mats[f][names.index(a), names.index(b)] for f in fields] for a, b in pairs}
+        asym = {(a, b): mats["unbiased_cka"][names.index(a), names.index(b)] for a, b in pairs}
+        plan.append(
+            Figure(
+                "figA1_cknna_vs_k",
+                "Fig. A1 — CKNNA as a function of k for representative model pairs",
+                "Solid lines: CKNNA at each k (log axis, last point k = N − 1); dashed: unbiased CKA, which CKNNA "
+                "reaches at k = N − 1.",
+                lambda: pr.cknna_vs_k(ks_plot, values, asymptotes=asym, title="CKNNA vs k"),
+            )
+        )
+    return plan
+
+
+def draw_figures(plan: Sequence[Figure], out_dir: str | Path, *, progress: bool = True) -> list[dict[str, str]]:
+    """Draw every planned figure into ``out_dir`` (PNG + SVG); returns ``[{stem, title, how_to_read}]``."""
+    import sys
+
+    from tqdm import tqdm
+
+    from jaxalign.plots.style import save_figure
+
+    out_dir = Path(out_dir)
+    done = []
+    for fig_spec in tqdm(plan, desc="figures", disable=not progress, file=sys.stderr, leave=False):
+        fig = fig_spec.draw()
+        fig = getattr(fig, "figure", fig)
+        save_figure(fig, out_dir / fig_spec.stem)
+        try:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+        except Exception:
+            pass
+        done.append({"stem": fig_spec.stem, "title": fig_spec.title, "how_to_read": fig_spec.how_to_read})
+    return done

@@ -1,0 +1,285 @@
+"""The experiment pipeline behind ``python experiments/run.py``: dataset → extraction → matrices → intrinsic
+dimension → reconstruction → energy errors → maps → figures → report.
+
+:func:`run_pipeline` takes the resolved Hydra configuration as a plain dict and a run directory. Every stage reads
+its result from the cache when its content key matches (see :mod:`experiments.cache`), so a rerun recomputes
+nothing and a killed run resumes; each stage prints one summary line and appends it to ``stage_log.jsonl``. The run
+directory receives ``results/`` (matrices as ``.npz`` and ``.csv``, ``results.json``), ``figures/`` (PNG + SVG),
+``report.md`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments import analysis, figures, report
+from experiments.cache import StageLog, content_key, read_json, write_json, write_npz
+from experiments.data import prepare_dataset
+from experiments.extraction import extract_models
+from experiments.features import align_models
+
+__all__ = ["run_pipeline"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _setup_jax(cache_dir: Path, cfg: Mapping[str, Any]) -> None:
+    """Persistent XLA compilation cache under the cache directory (a rerun compiles nothing either)."""
+    import jax
+
+    where = cfg.get("jax_compilation_cache", True)
+    if where:
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir / "xla" if where is True else Path(where)))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _digest(obj: Any) -> str:
+    """sha256 of the canonical JSON of a nested structure (arrays as lists): equal for a computed and a cached run."""
+    from experiments.cache import _json_default
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
+def _source_digest(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _model_rows(runs: Sequence[Any], aligned: Any) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {
+            "model": run.model,
+            "family": run.family,
+            "cached": run.cached,
+            "n_params": run.info.get("n_params"),
+            "wall_s": run.info.get("wall_s"),
+            "load_s": run.info.get("load_s"),
+            "dim": None,
+            "atom_dim": None,
+            "embedded": 0,
+            "failures": "—",
+            "status": "compared",
+        }
+        if run.path is not None:
+            with np.load(run.path) as z:
+                meta = json.loads(str(z["meta"]))
+                row["dim"] = int(z["features"].shape[1])
+                if "atom_features" in z.files:
+                    row["atom_dim"] = int(z["atom_features"].shape[1])
+            fails = meta.get("failures") or []
+            row["embedded"] = int(meta["n_structures"])
+            if fails:
+                row["failures"] = f"{len(fails)} (e.g. {fails[0]['id']}: {fails[0]['reason'][:80]})"
+            else:
+                row["failures"] = "0"
+        if run.model in aligned.excluded:
+            row["status"] = "left out: " + aligned.excluded[run.model]
+        rows.append(row)
+    return rows
+
+
+def _save_results(run_dir: Path, results: Mapping[str, Any]) -> None:
+    out = run_dir / "results"
+    names = list(results["models"])
+    mats = {k: v for k, v in results["matrices"].items() if isinstance(v, np.ndarray)}
+    write_npz(out / "matrices.npz", {**mats, "models": np.array(names)})
+    for key, mat in mats.items():
+        lines = ["," + ",".join(names)] + [
+            f"{n}," + ",".join(f"{x:.6g}" for x in row) for n, row in zip(names, mat, strict=True)
+        ]
+        (out / "csv").mkdir(parents=True, exist_ok=True)
+        (out / "csv" / f"{key.replace('@', '_k')}.csv").write_text("\n".join(lines) + "\n")
+    rec = results.get("reconstruction") or {}
+    rec_arrays = {k: v for k, v in rec.items() if isinstance(v, np.ndarray)}
+    if rec_arrays:
+        write_npz(out / "reconstruction.npz", {**rec_arrays, "models": np.array(rec.get("models", []))})
+    summary = {
+        "models": names,
+        "families": results["families"],
+        "n_structures": results["n_structures"],
+        "structure_ids": list(results["structure_ids"]),
+        "intrinsic_dimension": {
+            m: {k: v for k, v in d.items() if k != "local_mle"}
+            for m, d in (results["intrinsic_dimension"] or {}).items()
+            if isinstance(d, Mapping)
+        },
+        "energy": {k: v for k, v in (results["energy"] or {}).items() if k not in ("per_structure", "target")},
+        "checks": results["checks"],
+        "cknna_k": results["matrices"]["cknna_k_main"],
+        "cknna_k_sweep": results["matrices"]["cknna_k"],
+    }
+    write_json(out / "results.json", summary)
+
+
+def _energy_note(energy: Mapping[str, Any]) -> str:
+    ref = energy.get("reference")
+    base = (
+        "Energy-regression MAE (seed 000 eqs. 1–4): the reference energies and each model's energies are "
+        "separately fitted by a linear function of the element counts plus a constant, and the MAE compares the "
+        "residuals. "
+    )
+    if ref == "dataset":
+        return base + "Reference: the dataset's own energies."
+    if ref == "consensus":
+        return base + (
+            "Reference: the dataset has no reference energies (the embedded default set has none), so each model is "
+            "compared with the consensus of the others — the per-structure median, over every other model with an "
+            "energy head, of their composition-detrended energies (leave-one-out, so no model is compared with "
+            "itself). A low error therefore means agreement with the other potentials, not with DFT."
+        )
+    return base + f"Reference: the energies predicted by {ref} (its own error is 0 by construction)."
+
+
+def _cached_json(ctx: analysis.Context, name: str, params: Any, compute: Any, entry: dict[str, Any]) -> Any:
+    path = ctx.root / f"{name}-{ctx.key(name, params)}.json"
+    if path.exists():
+        entry["cached"] += 1
+        return read_json(path)
+    write_json(path, compute())
+    return read_json(path)  # the same representation as a cached run gets
+
+
+def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = "") -> dict[str, Any]:
+    """Run every stage for the resolved configuration ``cfg`` and write the results into ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cfg["cache_dir"])
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    progress = bool(cfg.get("progress", True))
+    debug = dict(cfg.get("debug") or {})
+    _setup_jax(cache_dir, cfg)
+    log = StageLog(run_dir / "stage_log.jsonl")
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+
+    with log.stage("dataset") as e:
+        ds, cached = prepare_dataset(cfg["dataset"], cache_dir)
+        e["cached" if cached else "computed"] += 1
+        s = ds.summary
+        e["summary"] = (
+            f"{s['n_selected']} structures drawn from {s['n_read']} ({s['label']}; {s['n_molecules']} "
+            f"molecules, {s['n_periodic']} periodic, {s['atoms_total']} atoms)"
+        )
+
+    with log.stage("extraction") as e:
+        runs = extract_models(ds, cfg["models"], cache_dir, cfg.get("extraction") or {}, progress=progress)
+        for r in runs:
+            e["cached" if r.cached else "computed"] += 1
+        failed = [r.model for r in runs if r.path is None]
+        e["summary"] = f"{len(runs)} models on {s['n_selected']} structures" + (f"; failed: {failed}" if failed else "")
+        e["models"] = {r.model: r.info.get("wall_s") for r in runs}
+
+    acfg = dict(cfg["analysis"])
+    aligned = align_models(runs, s["n_selected"], min_coverage=float(acfg.get("min_coverage", 0.5)))
+    ctx = analysis.Context(
+        aligned, acfg, cache_dir / "analysis", progress=progress, fail_after=debug.get("fail_after_items")
+    )
+
+    with log.stage("matrices") as e:
+        mats = analysis.alignment_matrices(ctx, e)
+        e["summary"] = f"N = {aligned.n} common structures; " + e["summary"]
+    with log.stage("intrinsic_dimension") as e:
+        ids = analysis.intrinsic_dimensions(ctx, e)
+    with log.stage("reconstruction") as e:
+        rec = analysis.reconstruction(ctx, e)
+    with log.stage("energy") as e:
+        energy = _cached_json(
+            ctx,
+            "energy",
+            acfg.get("energy") or {},
+            lambda: analysis.energy_errors(ctx, s, {"computed": 0, "summary": ""}),
+            e,
+        )
+        if not e["cached"]:
+            e["computed"] += 1
+        mae = energy.get("mae_mev_atom") or {}
+        if mae:
+            best = min(mae, key=mae.get)
+            e["summary"] = f"{len(mae)} models vs the {energy['reference']} reference; lowest error {best} "
+            e["summary"] += f"({mae[best]:.1f} meV/atom)"
+        else:
+            e["summary"] = f"skipped: {energy.get('note')}"
+    with log.stage("maps") as e:
+        maps = analysis.structure_maps(ctx, energy.get("target"), e)
+        umap = analysis.umap_maps(ctx, e)
+        if umap:
+            e["summary"] += " and UMAP maps"
+
+    id_of = {r["id"]: r for r in s["records"]}
+    results: dict[str, Any] = {
+        "models": aligned.models,
+        "families": aligned.families,
+        "n_structures": aligned.n,
+        "structure_ids": aligned.ids.tolist(),
+        "matrices": mats,
+        "intrinsic_dimension": ids,
+        "reconstruction": rec,
+        "energy": energy,
+        "maps": maps,
+        "umap": umap,
+        "ood_mask": np.array([id_of[i]["split"] == "ood" for i in aligned.ids.tolist()]),
+        "n_atoms": np.array([id_of[i]["n_atoms"] for i in aligned.ids.tolist()]),
+    }
+    results["checks"] = report.qualitative_checks(results)
+    _save_results(run_dir, results)
+
+    with log.stage("figures") as e:
+        sources = [*(REPO / "jaxalign" / "plots").glob("*.py"), REPO / "experiments" / "figures.py"]
+        fkey = content_key("figures", {"results": _digest(results), "code": _source_digest(sources)})
+        fdir = cache_dir / "figures" / fkey
+        if not (fdir / "figures.json").exists():
+            tmp = cache_dir / "figures" / f".{fkey}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            drawn = figures.draw_figures(figures.figure_plan(results), tmp, progress=progress)
+            write_json(tmp / "figures.json", drawn)
+            shutil.rmtree(fdir, ignore_errors=True)
+            tmp.rename(fdir)
+            e["computed"] += len(drawn)
+        else:
+            e["cached"] += len(read_json(fdir / "figures.json"))
+        drawn = read_json(fdir / "figures.json")
+        shutil.copytree(fdir, run_dir / "figures", dirs_exist_ok=True)
+        e["summary"] = f"{len(drawn)} figures (PNG + SVG) in {run_dir / 'figures'}"
+
+    with log.stage("report") as e:
+        import yaml
+
+        notes = [
+            "Alignment metrics use the pooled structure features after "
+            + (", ".join(map(str, acfg.get("preprocessing") or [])) or "no preprocessing")
+            + "; kNN graphs are computed "
+            "once per model and reused for every pair and k. Features are rotated into their row space and "
+            "zero-padded to one shared width before the metrics (an isometry: inner products and distances are "
+            "unchanged), so each metric compiles once.",
+        ]
+        if aligned.excluded:
+            notes.append("Left out of the comparison: " + "; ".join(f"{m}: {r}" for m, r in aligned.excluded.items()))
+        context = {
+            "dataset": s,
+            "run_dir": str(run_dir),
+            "started": started,
+            "total_s": time.perf_counter() - t0,
+            "command": command or "python experiments/run.py",
+            "stages": log.stages,
+            "model_rows": _model_rows(runs, aligned),
+            "energy_note": _energy_note(energy),
+            "notes": notes,
+            "config_yaml": yaml.safe_dump(dict(cfg), sort_keys=False),
+        }
+        md, htm = report.write_report(run_dir, results, context, drawn)
+        passed = sum(c["passed"] is True for c in results["checks"])
+        e["summary"] = f"{md.name} and {htm.name}; qualitative checks {passed}/{len(results['checks'])} pass"
+    return results

@@ -1,0 +1,431 @@
+"""Stage 8 — the report: ``report.md`` and a self-contained ``report.html`` (figures embedded as base64 PNG).
+
+Both are rendered from one list of blocks (headings, paragraphs, tables, figures, code), so they say the same
+thing. :func:`qualitative_checks` evaluates the seeds' findings on this run's numbers with an explicit pass/fail
+rule each.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.cache import atomic_write_bytes
+
+__all__ = ["qualitative_checks", "write_report"]
+
+BASELINE_FAMILY = "baseline"
+#: "random-baseline intrinsic dimension ≫ models'": the baseline's TwoNN must exceed the models' median by this.
+ID_RATIO = 3.0
+#: CKNNA(k = N − 1) and unbiased CKA agree to this absolute difference (float32 arithmetic).
+CKA_TOL = 1e-4
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def _offdiag_pairs(names: Sequence[str]) -> list[tuple[int, int]]:
+    return list(itertools.combinations(range(len(names)), 2))
+
+
+def qualitative_checks(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The seeds' qualitative findings, each with its numbers and a pass/fail verdict (None = not evaluable)."""
+    names, fams = list(results["models"]), list(results["families"])
+    mats = results["matrices"]
+    pairs = _offdiag_pairs(names)
+    checks: list[dict[str, Any]] = []
+
+    # 1. CKNNA rises with k (mean over non-baseline pairs), over the sweep (k ≤ N/2; k = N − 1 is check 5).
+    ks_all = list(mats["cknna_k"])
+    fields = [f"cknna@{k}" for k in ks_all]
+    model_pairs = [(i, j) for i, j in pairs if BASELINE_FAMILY not in (fams[i], fams[j])]
+    if len(fields) >= 3 and model_pairs:
+        means = [float(np.nanmean([mats[f][i, j] for i, j in model_pairs])) for f in fields]
+        rho = _spearman(ks_all, means)
+        checks.append(
+            {
+                "finding": "CKNNA rises with k (seed 000 Fig. A1)",
+                "numbers": "mean CKNNA over model pairs: "
+                + ", ".join(f"k={k}: {v:.3f}" for k, v in zip(ks_all, means, strict=True)),
+                "rule": "k sweep (k ≤ N/2): Spearman ρ(k, mean CKNNA) ≥ 0.8, largest k above smallest",
+                "value": f"ρ = {rho:.2f}",
+                "passed": bool(rho >= 0.8 and means[-1] > means[0]),
+            }
+        )
+    else:
+        checks.append(_not_evaluable("CKNNA rises with k", "needs ≥ 3 values of k ≤ N/2 and two non-baseline models"))
+
+    # 2. within-family > cross-family > random.
+    c = mats["cknna"]
+    within = [c[i, j] for i, j in pairs if fams[i] == fams[j] and fams[i] != BASELINE_FAMILY]
+    cross = [c[i, j] for i, j in pairs if fams[i] != fams[j] and BASELINE_FAMILY not in (fams[i], fams[j])]
+    rand = [c[i, j] for i, j in pairs if (fams[i] == BASELINE_FAMILY) != (fams[j] == BASELINE_FAMILY)]
+    if within and cross and rand:
+        w, x, r = (float(np.nanmean(v)) for v in (within, cross, rand))
+        checks.append(
+            {
+                "finding": "within-family > cross-family > random alignment (seed 000 Fig. 1A/C)",
+                "numbers": f"mean CKNNA (k = {mats['cknna_k_main']}): within {w:.3f} ({len(within)} pairs), "
+                f"cross {x:.3f} ({len(cross)}), with random {r:.3f} ({len(rand)})",
+                "rule": "within > cross > random",
+                "value": f"{w:.3f} > {x:.3f} > {r:.3f}",
+                "passed": bool(w > x > r),
+            }
+        )
+    else:
+        checks.append(
+            _not_evaluable(
+                "within-family > cross-family > random alignment",
+                "needs a family with ≥ 2 models, two families and the random baseline",
+            )
+        )
+
+    # 3. random-baseline ID ≫ models'.
+    ids = results.get("intrinsic_dimension") or {}
+    base = [n for n, f in zip(names, fams, strict=True) if f == BASELINE_FAMILY]
+    others = [n for n, f in zip(names, fams, strict=True) if f != BASELINE_FAMILY]
+    if ids and base and others:
+        rid = float(np.mean([ids[n]["twonn"] for n in base]))
+        med = float(np.median([ids[n]["twonn"] for n in others]))
+        checks.append(
+            {
+                "finding": "random-baseline intrinsic dimension ≫ the models' (seed 000 Fig. 1E)",
+                "numbers": f"TwoNN: random {rid:.1f}; models median {med:.1f} (range "
+                f"{min(ids[n]['twonn'] for n in others):.1f}–{max(ids[n]['twonn'] for n in others):.1f})",
+                "rule": f"random ≥ {ID_RATIO:g} × models' median",
+                "value": f"ratio {rid / med:.1f}",
+                "passed": bool(rid >= ID_RATIO * med),
+            }
+        )
+    else:
+        checks.append(_not_evaluable("random-baseline intrinsic dimension ≫ models'", "needs the random model"))
+
+    # 4. φ(8) reconstructs φ(1) better than the reverse.
+    rec = results.get("reconstruction") or {}
+    orders = rec.get("orders") or []
+    if rec.get("order_models") and 1 in orders and max(orders) > 1:
+        hi = max(orders)
+        a, b = orders.index(hi), orders.index(1)
+        rows = [(m, rec[f"order:{m}"][a, b], rec[f"order:{m}"][b, a]) for m in rec["order_models"]]
+        checks.append(
+            {
+                "finding": f"φ({hi}) reconstructs φ(1) better than φ(1) reconstructs φ({hi}) (seed 003 Fig. 8)",
+                "numbers": "; ".join(f"{m}: GFRE φ({hi})→φ(1) {f:.3f} vs φ(1)→φ({hi}) {r:.3f}" for m, f, r in rows),
+                "rule": "forward < reverse for every model",
+                "value": f"{sum(f < r for _, f, r in rows)}/{len(rows)} models",
+                "passed": bool(all(f < r for _, f, r in rows)),
+            }
+        )
+    else:
+        checks.append(_not_evaluable("φ(8) reconstructs φ(1) better than the reverse", "needs atomistic models"))
+
+    # 5. CKNNA(k = N − 1) equals unbiased CKA.
+    if mats.get("full_k"):
+        diff = np.abs(mats["cknna@full"] - mats["unbiased_cka"])
+        worst = float(np.nanmax(diff))
+        checks.append(
+            {
+                "finding": "CKNNA(k = N − 1) equals unbiased CKA (SPEC §3)",
+                "numbers": f"max |CKNNA(k = {int(mats['n']) - 1}) − unbiased CKA| over {diff.size} entries = "
+                f"{worst:.2e}",
+                "rule": f"≤ {CKA_TOL:g}",
+                "value": f"{worst:.1e}",
+                "passed": bool(worst <= CKA_TOL),
+            }
+        )
+    else:
+        checks.append(_not_evaluable("CKNNA(k = N − 1) equals unbiased CKA", "k = N − 1 not computed (N too large)"))
+    return checks
+
+
+def _not_evaluable(finding: str, why: str) -> dict[str, Any]:
+    return {"finding": finding, "numbers": why, "rule": "", "value": "n/a", "passed": None}
+
+
+# --------------------------------------------------------------------------------------------------- blocks
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v):
+            return "—"
+        return f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.3g}"
+    return str(v)
+
+
+def _matrix_table(mat: np.ndarray, rows: Sequence[str], cols: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    return ["", *cols], [[r, *(_fmt(x) for x in mat[i])] for i, r in enumerate(rows)]
+
+
+def _verdict(passed: bool | None) -> str:
+    return {True: "PASS", False: "FAIL", None: "n/a"}[passed]
+
+
+def build_blocks(results: Mapping[str, Any], context: Mapping[str, Any], figures: Sequence[Mapping[str, str]]) -> list:
+    """The report as a list of blocks: ("h", level, text), ("p", text), ("table", header, rows), ("fig", stem,
+    title, how_to_read), ("code", text)."""
+    names = list(results["models"])
+    ds = context["dataset"]
+    b: list[tuple] = [("h", 1, f"jaxalign experiment report — {ds['label']}")]
+    b.append(
+        (
+            "p",
+            f"Run directory `{context['run_dir']}`, started {context['started']}, finished in "
+            f"{context['total_s']:.0f} s. Command: `{context['command']}`.",
+        )
+    )
+
+    b.append(("h", 2, "Qualitative findings of the seeds, evaluated on this run"))
+    rows = [[c["finding"], c["numbers"], c["rule"], c["value"], _verdict(c["passed"])] for c in results["checks"]]
+    b.append(("table", ["finding", "numbers", "rule", "value", "verdict"], rows))
+
+    b.append(("h", 2, "Stages"))
+    rows = [
+        [s["stage"], f"{s['seconds']:.1f}", str(s["computed"]), str(s["cached"]), s["summary"]]
+        for s in context["stages"]
+    ]
+    b.append(("table", ["stage", "seconds", "computed", "cached", "summary"], rows))
+
+    b.append(("h", 2, "Dataset"))
+    elements = ", ".join(f"{e} ({n})" for e, n in list(ds["elements"].items())[:25])
+    rows = [
+        ["name / format", f"{ds['name']} / {ds['format']}"],
+        ["path", ds["path"] or "embedded (ASE g2 + s22 + dcdft, with rattled and strained copies)"],
+        ["records read", _fmt(ds["n_read"])],
+        ["filters", str(ds["filters"])],
+        ["dropped by filters", str(ds["dropped"] or "none")],
+        ["drawn (N, seed)", f"{ds['n_selected']} (N = {ds['n']}, seed {ds['seed']})"],
+        ["compared (embedded by every model kept)", _fmt(results["n_structures"])],
+        ["molecules / periodic", f"{ds['n_molecules']} / {ds['n_periodic']}"],
+        ["atoms per structure (min / median / max)", f"{ds['atoms_min']} / {ds['atoms_median']:g} / {ds['atoms_max']}"],
+        ["splits", str(ds["splits"] or "—")],
+        ["reference energies", f"{ds['n_with_energy']} of {ds['n_selected']}"],
+        ["elements (structures containing)", elements + (" …" if len(ds["elements"]) > 25 else "")],
+    ]
+    b.append(("table", ["", ""], rows))
+
+    b.append(("h", 2, "Models"))
+    rows = []
+    for m in context["model_rows"]:
+        rows.append(
+            [
+                m["model"],
+                m["family"],
+                _fmt(m["n_params"]),
+                _fmt(m["dim"]),
+                _fmt(m["atom_dim"]),
+                f"{m['embedded']}/{ds['n_selected']}",
+                m["failures"],
+                _fmt(m["wall_s"], 1),
+                "cached" if m["cached"] else "run",
+                m["status"],
+            ]
+        )
+    b.append(
+        (
+            "table",
+            [
+                "model",
+                "family",
+                "parameters",
+                "feature dim",
+                "atom dim",
+                "embedded",
+                "failures",
+                "extraction s",
+                "this run",
+                "status",
+            ],
+            rows,
+        )
+    )
+    b.append(
+        (
+            "p",
+            "Extraction time is the wall time of the model's own process (loading included) when it ran; "
+            "'cached' means this run reused the file. Failures are structures the model could not embed "
+            "(unsupported elements, SMILES that RDKit cannot derive); such structures leave the comparison.",
+        )
+    )
+
+    b.append(("h", 2, "Figures"))
+    for f in figures:
+        b.append(("fig", f["stem"], f["title"], f["how_to_read"]))
+
+    b.append(("h", 2, "Matrices"))
+    mats = results["matrices"]
+    k_main = mats["cknna_k_main"]
+    tables = [
+        ("cknna", f"CKNNA (k = {k_main})"),
+        ("mutual_knn", "mutual kNN"),
+        ("cka", "CKA (linear)"),
+        ("unbiased_cka", "unbiased CKA"),
+        ("dcor", "distance correlation"),
+    ]
+    if mats.get("full_k"):
+        tables.append(("cknna@full", f"CKNNA (k = N − 1 = {int(mats['n']) - 1})"))
+    tables += [(f"ii@{k}", f"information imbalance Δ(row → column), k = {k}") for k in mats["ii_k"]]
+    for key, title in tables:
+        b.append(("h", 3, title))
+        b.append(("table", *_matrix_table(mats[key], names, names)))
+    rec = results.get("reconstruction") or {}
+    for level in rec.get("levels", []):
+        for measure in ("gfre", "lfre"):
+            what = "atom level" if level == "atom" else f"cumulant level, φ({rec['order']})"
+            b.append(("h", 3, f"{measure.upper()} ({what}), row = source, column = target"))
+            b.append(("table", *_matrix_table(rec[f"{level}_{measure}"], rec["models"], rec["models"])))
+    for m in rec.get("order_models", []):
+        labels = [f"φ({o})" for o in rec["orders"]]
+        b.append(("h", 3, f"GFRE between cumulant orders, {m} (row = source)"))
+        b.append(("table", *_matrix_table(rec[f"order:{m}"], labels, labels)))
+    if rec.get("levels"):
+        comps = ", ".join(f"{m} {p}" for m, p in rec["components_cumulant"].items())
+        b.append(
+            (
+                "p",
+                f"Reconstruction: {rec['n_atoms_used']} atomic environments (seeded subsample) for the atom "
+                f"level; scikit-matter's 50/50 split; LFRE with k = min(d_source, d_target) on at most "
+                f"{rec['lfre_max_test']} test points. Cumulant descriptors are computed from each model's atom "
+                f"features reduced to their leading principal components (φ({rec['order']}): {comps}; "
+                f"cumulant-order matrices: {rec['components_orders']}), so that a descriptor has fewer "
+                "columns than there are training structures and the linear reconstruction is determined.",
+            )
+        )
+
+    ids = results.get("intrinsic_dimension") or {}
+    if ids:
+        b.append(("h", 3, "Intrinsic dimension"))
+        rows = [
+            [
+                m,
+                _fmt(ids[m]["twonn"], 2),
+                _fmt(ids[m]["mle"], 2),
+                _fmt(float(np.nanmedian(ids[m]["local_mle"])), 2),
+                _fmt(ids[m]["n_distinct"]),
+            ]
+            for m in names
+        ]
+        b.append(("table", ["model", "TwoNN", f"MLE (k = {ids['k']})", "median local MLE", "distinct rows"], rows))
+    energy = results.get("energy") or {}
+    if energy.get("models"):
+        b.append(("h", 3, "Energy-regression error"))
+        rows = [[m, _fmt(energy["mae_ev"][m], 4), _fmt(energy["mae_mev_atom"][m], 2)] for m in energy["models"]]
+        b.append(("table", ["model", "MAE (eV per structure)", "MAE (meV/atom)"], rows))
+        b.append(("p", context["energy_note"]))
+
+    b.append(("h", 2, "Notes"))
+    for note in context["notes"]:
+        b.append(("p", note))
+    b.append(("h", 2, "Configuration"))
+    b.append(("code", context["config_yaml"]))
+    return b
+
+
+# --------------------------------------------------------------------------------------------------- rendering
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: Sequence[tuple], figure_dir: str) -> str:
+    out = []
+    for blk in blocks:
+        kind = blk[0]
+        if kind == "h":
+            out.append(f"{'#' * blk[1]} {blk[2]}\n")
+        elif kind == "p":
+            out.append(f"{blk[1]}\n")
+        elif kind == "table":
+            header, rows = blk[1], blk[2]
+            out.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
+            out.append("|" + "|".join("---" for _ in header) + "|")
+            out.extend("| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows)
+            out.append("")
+        elif kind == "fig":
+            _, stem, title, how = blk
+            out.append(
+                f"### {title}\n\n![{title}]({figure_dir}/{stem}.png)\n\n*How to read:* {how} "
+                f"([SVG]({figure_dir}/{stem}.svg))\n"
+            )
+        elif kind == "code":
+            out.append(f"```yaml\n{blk[1].rstrip()}\n```\n")
+    return "\n".join(out)
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}
+td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
+th{background:#f2f2f2} tr:nth-child(even) td{background:#fafafa}
+td.PASS{background:#d9f2d9!important;font-weight:bold} td.FAIL{background:#f8d7d7!important;font-weight:bold}
+figure{margin:1.2em 0 2em} figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.9em;color:#444} pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:.8em}
+code{background:#f3f3f3;padding:0 .2em}
+"""
+
+
+def _inline(text: str) -> str:
+    """Escape, then render `code` spans."""
+    parts = html.escape(str(text)).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(blocks: Sequence[tuple], figure_dir: Path, title: str) -> str:
+    out = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>"
+    ]
+    for blk in blocks:
+        kind = blk[0]
+        if kind == "h":
+            out.append(f"<h{blk[1]}>{_inline(blk[2])}</h{blk[1]}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline(blk[1])}</p>")
+        elif kind == "table":
+            header, rows = blk[1], blk[2]
+            out.append("<table><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in header) + "</tr>")
+            for r in rows:
+                cells = "".join(
+                    f"<td class='{c}'>{_inline(c)}</td>" if c in ("PASS", "FAIL") else f"<td>{_inline(c)}</td>"
+                    for c in r
+                )
+                out.append(f"<tr>{cells}</tr>")
+            out.append("</table>")
+        elif kind == "fig":
+            _, stem, ftitle, how = blk
+            data = base64.b64encode((figure_dir / f"{stem}.png").read_bytes()).decode()
+            out.append(
+                f"<figure><h3>{_inline(ftitle)}</h3><img alt='{html.escape(ftitle)}' "
+                f"src='data:image/png;base64,{data}'><figcaption><b>How to read:</b> {_inline(how)}"
+                "</figcaption></figure>"
+            )
+        elif kind == "code":
+            out.append(f"<pre>{html.escape(blk[1])}</pre>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(
+    run_dir: str | Path, results: Mapping[str, Any], context: Mapping[str, Any], figures: Sequence[Mapping[str, str]]
+) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into ``run_dir`` (atomically); figures are read from
+    ``run_dir/figures``."""
+    run_dir = Path(run_dir)
+    blocks = build_blocks(results, context, figures)
+    md = atomic_write_bytes(run_dir / "report.md", render_markdown(blocks, "figures").encode())
+    page = render_html(blocks, run_dir / "figures", f"jaxalign report — {context['dataset']['label']}")
+    htm = atomic_write_bytes(run_dir / "report.html", page.encode())
+    return md, htm

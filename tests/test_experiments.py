@@ -1,0 +1,259 @@
+"""The experiment app (experiments/run.py): end-to-end runs on a small N, caching, resumption, overrides, errors.
+
+The end-to-end runs go through the real command line in subprocesses (Hydra, one extraction process per model) with
+four cheap models; they share one cache of embeddings and one XLA compilation cache so later runs reuse them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from experiments.cache import Checkpoint, content_key, read_json  # noqa: E402
+from experiments.features import compact  # noqa: E402
+
+MODELS = "[chgnet-0.3.0,chgnet-0.2.0,morgan,random]"
+SMALL = [f"models.ids={MODELS}", "dataset.n=40", "analysis=quick", "analysis.cknna.k=5", "progress=false"]
+REQUIRED_FIGURES = {
+    "fig1a_cknna_heatmap",
+    "fig1b_alignment_vs_energy_error",
+    "fig1c_cknna_family_heatmap",
+    "fig1d_cknna_vs_dcor",
+    "fig1e_intrinsic_dimension_violins",
+    "fig1f_model_tree",
+    "fig2a_structure_maps",
+    "fig2b_information_imbalance_plane_k1",
+    "fig2d_energy_error_maps",
+    "fig_s003_gfre_atom",
+    "fig_s003_lfre_atom",
+    "fig_s003_gfre_cumulant",
+    "fig_s003_lfre_cumulant",
+    "fig8_cumulant_orders_chgnet-0.3.0",
+    "figA1_cknna_vs_k",
+}
+
+
+def run_app(*overrides: str, cache: Path, run_dir: Path, xla: Path) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        str(REPO / "experiments" / "run.py"),
+        *overrides,
+        f"cache_dir={cache}",
+        f"hydra.run.dir={run_dir}",
+        f"jax_compilation_cache={xla}",
+    ]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def stage_log(run_dir: Path) -> dict[str, dict]:
+    lines = (run_dir / "stage_log.jsonl").read_text().splitlines()
+    return {e["stage"]: e for e in map(json.loads, lines)}
+
+
+def matrices(run_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(run_dir / "results" / "matrices.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("experiments")
+    return {"root": root, "cache": root / "cache", "xla": root / "xla"}
+
+
+@pytest.fixture(scope="module")
+def first_run(shared: dict[str, Path]) -> Path:
+    run_dir = shared["root"] / "run1"
+    proc = run_app(*SMALL, cache=shared["cache"], run_dir=run_dir, xla=shared["xla"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+# ------------------------------------------------------------------------------------------------- end to end
+def test_small_run_writes_every_figure_and_the_report(first_run: Path) -> None:
+    drawn = read_json(first_run / "figures" / "figures.json")
+    stems = {f["stem"] for f in drawn}
+    assert REQUIRED_FIGURES <= stems, REQUIRED_FIGURES - stems
+    for stem in stems:
+        for ext in ("png", "svg"):
+            path = first_run / "figures" / f"{stem}.{ext}"
+            assert path.is_file() and path.stat().st_size > 1000, path
+    page = (first_run / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == len(stems)  # self-contained: every image embedded
+    assert "src='figures/" not in page and 'src="figures/' not in page
+    md = (first_run / "report.md").read_text()
+    for stem in stems:
+        assert f"figures/{stem}.png" in md
+    for heading in ("Qualitative findings", "Dataset", "Models", "Matrices", "Configuration"):
+        assert heading in md
+    checks = read_json(first_run / "results" / "results.json")["checks"]
+    assert len(checks) == 5  # the five findings of the seeds, each with numbers and a verdict
+    assert all(c["numbers"] and c["passed"] in (True, False, None) for c in checks)
+    stages = stage_log(first_run)
+    assert list(stages) == [
+        "dataset",
+        "extraction",
+        "matrices",
+        "intrinsic_dimension",
+        "reconstruction",
+        "energy",
+        "maps",
+        "figures",
+        "report",
+    ]
+    assert all(s["computed"] > 0 for name, s in stages.items() if name != "report")
+
+
+def test_overrides_change_n_k_and_models(first_run: Path) -> None:
+    res = read_json(first_run / "results" / "results.json")
+    assert set(res["models"]) == {"chgnet-0.3.0", "chgnet-0.2.0", "morgan", "random"}
+    assert res["cknna_k"] == 5
+    summary = stage_log(first_run)["dataset"]["summary"]
+    assert summary.startswith("40 structures drawn")
+    mats = matrices(first_run)
+    assert mats["cknna"].shape == (4, 4)
+    np.testing.assert_array_equal(mats["cknna"], mats["cknna@5"])
+    assert 0 < res["n_structures"] <= 40
+
+
+def test_rerun_recomputes_nothing(first_run: Path, shared: dict[str, Path]) -> None:
+    run_dir = shared["root"] / "rerun"
+    proc = run_app(*SMALL, cache=shared["cache"], run_dir=run_dir, xla=shared["xla"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, entry in stage_log(run_dir).items():
+        if name != "report":  # the report is re-rendered from cached results
+            assert entry["computed"] == 0, (name, entry)
+    for key, mat in matrices(first_run).items():
+        np.testing.assert_array_equal(matrices(run_dir)[key], mat)
+
+
+def test_killed_run_resumes_with_identical_matrices(first_run: Path, shared: dict[str, Path]) -> None:
+    cache = shared["root"] / "cache-resume"
+    for part in ("datasets", "embeddings"):  # keep the extractions, redo the analysis
+        shutil.copytree(shared["cache"] / part, cache / part)
+    run_dir = shared["root"] / "killed"
+    proc = run_app(*SMALL, "debug.fail_after_items=4", cache=cache, run_dir=run_dir, xla=shared["xla"])
+    assert proc.returncode == 2 and "fail_after_items" in proc.stderr
+    assert not (run_dir / "report.html").exists()
+    resumed = shared["root"] / "resumed"
+    proc = run_app(*SMALL, cache=cache, run_dir=resumed, xla=shared["xla"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert stage_log(resumed)["matrices"]["cached"] >= 4  # the items saved before the failure were reused
+    for key, mat in matrices(first_run).items():
+        np.testing.assert_array_equal(matrices(resumed)[key], mat)
+
+
+def test_plus_dataset_with_path(shared: dict[str, Path], tmp_path: Path) -> None:
+    """The second documented command line: ``+dataset=omat24 dataset.path=DIR`` on a directory of .aselmdb shards."""
+    import ase.db
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "omat24"
+    data.mkdir()
+    for shard in range(2):
+        with ase.db.connect(str(data / f"data.{shard:04d}.aselmdb"), type="aselmdb") as db:
+            for el, a in (("Cu", 3.6), ("Al", 4.05), ("Ni", 3.52), ("Ag", 4.09), ("Pd", 3.89), ("Pt", 3.92)):
+                atoms = bulk(el, "fcc", a=a * (1 + 0.02 * rng.standard_normal()), cubic=True)
+                atoms.rattle(0.05, seed=int(rng.integers(1000)))
+                atoms.calc = SinglePointCalculator(atoms, energy=float(-3.0 * len(atoms) + rng.normal()))
+                db.write(atoms)
+    run_dir = tmp_path / "run"
+    proc = run_app(
+        "+dataset=omat24",
+        f"dataset.path={data}",
+        "models.ids=[chgnet-0.3.0,chgnet-0.2.0,random]",
+        "analysis=quick",
+        "progress=false",
+        cache=shared["cache"],
+        run_dir=run_dir,
+        xla=shared["xla"],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = read_json(run_dir / "results" / "results.json")
+    assert res["n_structures"] == 12
+    assert res["energy"]["reference"] == "dataset"
+    assert set(res["energy"]["mae_ev"]) == {"chgnet-0.3.0", "chgnet-0.2.0"}
+    assert (run_dir / "report.html").is_file()
+
+
+# ------------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["+dataset=omat24"], "needs a path: add `dataset.path="),
+        (["+dataset=qm9", "dataset.path=/no/such/qm9"], "does not exist"),
+        (["models.ids=[random,no-such-model]"], "unknown model id(s) ['no-such-model']"),
+        (["models.ids=[random,soap]", "dataset.filters.min_atoms=1000"], "removed by dataset.filters"),
+    ],
+)
+def test_clear_errors(overrides: list[str], message: str, shared: dict[str, Path], tmp_path: Path) -> None:
+    proc = run_app(*overrides, "progress=false", cache=tmp_path / "cache", run_dir=tmp_path / "run", xla=shared["xla"])
+    assert proc.returncode == 2
+    assert message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_model_failing_on_every_structure(shared: dict[str, Path], tmp_path: Path) -> None:
+    """Morgan fingerprints need a molecule; on the embedded crystals alone every structure fails."""
+    proc = run_app(
+        "models.ids=[morgan,random]",
+        "dataset.split=id",
+        "dataset.filters.elements=[Cu,Ni,Fe,Au,W,Mo]",
+        "dataset.n=null",
+        "progress=false",
+        cache=tmp_path / "cache",
+        run_dir=tmp_path / "run",
+        xla=shared["xla"],
+    )
+    assert proc.returncode == 2
+    assert "model 'morgan' failed on every structure" in proc.stderr, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------- units
+def test_config_composes_both_command_lines() -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "experiments" / "conf"), version_base="1.3"):
+        default = compose("config")
+        assert default.dataset.name == "default" and default.dataset.format == "default"
+        assert len(default.models.ids) == 13 and "random" in default.models.ids
+        omat = compose("config", overrides=["+dataset=omat24", "dataset.path=/data/omat24"])
+        assert (omat.dataset.name, omat.dataset.format, omat.dataset.path) == ("omat24", "asedb", "/data/omat24")
+        assert omat.dataset.filters.min_atoms == 2
+        over = compose("config", overrides=["dataset.n=50", "analysis.cknna.k=10", "models=fast"])
+        assert (over.dataset.n, over.analysis.cknna.k, over.models.name) == (50, 10, "fast")
+        slurm = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
+
+
+def test_compact_preserves_inner_products_distances_and_duplicates() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 40)).astype(np.float32)
+    x[5] = x[2]
+    y = compact(x, 16)
+    assert y.shape == (12, 16)
+    np.testing.assert_allclose(y @ y.T, x @ x.T, atol=1e-4)
+    np.testing.assert_array_equal(y[5], y[2])
+    z = compact(x[:, :8], 16)
+    np.testing.assert_array_equal(z[:, :8], x[:, :8])
+    assert not z[:, 8:].any()
+
+
+def test_content_key_and_checkpoint(tmp_path: Path) -> None:
+    assert content_key("a", {"x": 1, "y": [1, 2]}) == content_key("a", {"y": [1, 2], "x": 1})
+    assert content_key("a", {"x": 1}) != content_key("a", {"x": 2}) != content_key("b", {"x": 2})
+    path = tmp_path / "ck.json"
+    with Checkpoint(path, "k1", flush_s=0) as ck:
+        ck.put("a", 1.5)
+    assert Checkpoint(path, "k1").values == {"a": 1.5}
+    assert Checkpoint(path, "k2").values == {}  # another computation's partial results are not reused
