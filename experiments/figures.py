@@ -20,6 +20,8 @@ import numpy as np
 __all__ = ["Figure", "draw_figures", "figure_plan", "representative_pairs"]
 
 BASELINE_FAMILY = "baseline"
+#: per-structure intrinsic-dimension estimates above this are degenerate (equidistant neighbours) and not drawn.
+LOCAL_ID_CAP = 1000.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,15 +185,19 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
     # --- Fig. 1E intrinsic dimension
     ids = results.get("intrinsic_dimension") or {}
     if ids:
+        # a point whose k neighbours sit at (nearly) one distance (binary fingerprints) has a degenerate estimate
+        # (→ ∞); such values are shown as n/a rather than stretching the axis over many decades
         local = {n: np.asarray(ids[n]["local_mle"], dtype=float) for n in names}
+        local = {n: np.where(v <= LOCAL_ID_CAP, v, np.nan) for n, v in local.items()}
         glob = {n: float(ids[n]["twonn"]) for n in names}
         spread = max(glob.values()) / max(min(glob.values()), 1e-9)
         plan.append(
             Figure(
                 "fig1e_intrinsic_dimension_violins",
                 "Fig. 1E / C7 — intrinsic dimension of each model's embedding",
-                f"Violins: per-structure Levina–Bickel estimates (k = {ids['k']}); diamonds: TwoNN on all structures. "
-                "The random baseline should sit far above the trained models.",
+                f"Violins: per-structure Levina–Bickel estimates (k = {ids['k']}; values above {LOCAL_ID_CAP:g}, from "
+                "neighbours at one distance, count as n/a); diamonds: TwoNN on all structures. The random baseline "
+                "should sit far above the trained models.",
                 lambda: pid.intrinsic_dimension_violins(
                     local,
                     families=fam,
