@@ -12,12 +12,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["as_features", "check_k", "check_same_n", "check_variance", "is_concrete"]
+__all__ = [
+    "as_features",
+    "check_k",
+    "check_same_n",
+    "check_variance",
+    "is_concrete",
+    "non_finite_rows",
+    "raise_non_finite",
+]
 
 
 def is_concrete(x: Any) -> bool:
     """True when ``x`` holds values (not a tracer inside ``jit``/``grad``/``vmap``)."""
     return not isinstance(x, jax.core.Tracer)
+
+
+def non_finite_rows(x: jax.Array) -> jax.Array:
+    """Number of rows of ``x`` holding a NaN or an inf (traceable: fuse it into a caller's own check pass)."""
+    return jnp.sum(~jnp.isfinite(x).all(axis=1))
+
+
+def raise_non_finite(name: str, bad: int) -> None:
+    """The error for ``bad`` > 0 rows of ``name`` holding NaN or inf."""
+    if bad:
+        raise ValueError(f"`{name}` contains NaN or inf in {bad} row(s); drop or impute those rows first.")
+
+
+_non_finite_rows_jit = jax.jit(non_finite_rows)
 
 
 def _to_jax(x: Any) -> jax.Array:
@@ -31,11 +53,13 @@ def _to_jax(x: Any) -> jax.Array:
     return jnp.asarray(np.asarray(x))
 
 
-def as_features(x: Any, name: str = "x", *, min_rows: int = 2) -> jax.Array:
+def as_features(x: Any, name: str = "x", *, min_rows: int = 2, check_finite: bool = True) -> jax.Array:
     """Return ``x`` as a 2-D floating jax array of shape (N, d), validated.
 
     numpy, jax and torch (via dlpack) inputs are accepted. float32 stays float32; float64 stays float64 when
     ``jax_enable_x64`` is on (and becomes float32 otherwise); integer and boolean inputs become the default float.
+    ``check_finite=False`` leaves the NaN/inf check to a caller that fuses :func:`non_finite_rows` into one pass with
+    its own value checks (one host transfer instead of several).
     """
     if x is None:
         raise ValueError(f"`{name}` is None; pass an (N, d) array of features.")
@@ -56,9 +80,8 @@ def as_features(x: Any, name: str = "x", *, min_rows: int = 2) -> jax.Array:
         raise ValueError(f"`{name}` has {arr.shape[0]} rows; this estimator needs at least {min_rows}.")
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(jnp.result_type(float))
-    if is_concrete(arr) and not bool(jnp.isfinite(arr).all()):
-        bad = int((~jnp.isfinite(arr)).any(axis=1).sum())
-        raise ValueError(f"`{name}` contains NaN or inf in {bad} row(s); drop or impute those rows first.")
+    if check_finite and is_concrete(arr):
+        raise_non_finite(name, int(_non_finite_rows_jit(arr)))
     return arr
 
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxalign._checks import as_features, check_same_n, is_concrete
+from jaxalign._checks import as_features, check_same_n, is_concrete, non_finite_rows, raise_non_finite
 from jaxalign.neighbors import neighbor_graph
 from jaxalign.preprocessing import center_scale_total_variance
 from jaxalign.ridge import DEFAULT_ALPHAS, SEED, check_alphas, fit_predict_ridge2fold, fit_ridge2fold
@@ -84,12 +84,21 @@ def train_test_indices(
     return train, test
 
 
+@jax.jit
+def _input_stats(x: jax.Array, y: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Rows holding NaN/inf and total variance (sum of column variances) on ``rows``, of ``x`` and ``y`` at once."""
+    return (
+        jnp.stack([non_finite_rows(x), non_finite_rows(y)]),
+        jnp.stack([jnp.var(a[rows], axis=0).sum() for a in (x, y)]),
+    )
+
+
 def _validate(
     x: Any, y: Any, train_idx: Any, test_idx: Any, alphas: Any, random_state: int
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Eager checks shared by every measure; returns (x, y, train, test, alphas) ready for the jitted cores."""
-    x = as_features(x, "x")
-    y = as_features(y, "y")
+    x = as_features(x, "x", check_finite=False)
+    y = as_features(y, "y", check_finite=False)
     check_same_n(x, y)
     train, test = train_test_indices(x.shape[0], train_idx=train_idx, test_idx=test_idx, random_state=random_state)
     if train.size < 2:
@@ -99,10 +108,12 @@ def _validate(
         )
     if test.size < 1:
         raise ValueError("the test set is empty; pass `test_idx` or leave some rows out of `train_idx`.")
-    for arr, name in ((x, "x"), (y, "y")):
-        if is_concrete(arr):
-            rows = arr[jnp.asarray(train)]
-            total_var = float(((rows - rows.mean(0)) ** 2).mean(0).sum())
+    train_rows, test_rows = jnp.asarray(train), jnp.asarray(test)
+    if is_concrete(x) and is_concrete(y):
+        bad_rows, total_vars = jax.device_get(_input_stats(x, y, train_rows))
+        for name, bad in zip(("x", "y"), bad_rows, strict=True):
+            raise_non_finite(name, int(bad))
+        for name, total_var in zip(("x", "y"), total_vars, strict=True):
             if total_var < MIN_TOTAL_VARIANCE:
                 raise ValueError(
                     f"`{name}` has total variance {total_var:.3g} < {MIN_TOTAL_VARIANCE:g} on the train rows, so it "
@@ -110,7 +121,7 @@ def _validate(
                 )
     dtype = jnp.result_type(x.dtype, y.dtype)
     alphas = jnp.asarray(check_alphas(alphas), dtype=dtype)
-    return x.astype(dtype), y.astype(dtype), jnp.asarray(train), jnp.asarray(test), alphas
+    return x.astype(dtype), y.astype(dtype), train_rows, test_rows, alphas
 
 
 def _scaled_split(x: jax.Array, train: jax.Array, test: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -124,6 +135,7 @@ def _row_norm(r: jax.Array) -> jax.Array:
     return safe_sqrt(jnp.sum(r * r, axis=-1))
 
 
+@jax.jit
 def _rms(pointwise: jax.Array) -> jax.Array:
     return safe_sqrt(jnp.mean(pointwise**2))
 
@@ -321,7 +333,8 @@ def pointwise_lfre(
         )
     n_test = int(test.shape[0])
     if tile is None:
-        width = 4 * k * (x.shape[1] + y.shape[1])  # one local fit per row (the α grid is scored without a batch)
+        # one local fit per row: its neighbours' x and y, and the (d_x, k + 1) matrix of its row-space QR
+        width = k * (2 * x.shape[1] + y.shape[1]) + x.shape[1]
         tile = default_tile(n_test, width, TILE_BUDGET)
     return _pointwise_lfre(
         x,

@@ -18,6 +18,12 @@ Imbalzano & Ceriotti 2021, "The role of feature space in atomistic learning", Ma
   numbers are unchanged; in float32 it drops the round-off singular values (~1e-7 · s_max) of rank-deficient inputs,
   e.g. k centred neighbours in d ≥ k dimensions in LFRE, which the anchor's 1e-9 cutoff keeps and inverts.
 
+Computation (LAPACK work, not the anchor's three SVDs of n-row matrices): every cutoff is scored at once from
+prefix sums over the sorted spectrum (:func:`_prefix_sq_errors`). Tall folds (rows ≥ d_x) are each reduced once to
+(R_f, X_fᵀY_f, ‖Y_f‖²) by an R-only Householder QR and two Gram products; the fold and final SVDs are SVDs of d_x×d_x
+R factors. Few rows in many dimensions (LFRE's k neighbours) are first rotated into an orthonormal basis of their
+span (:func:`fit_predict_ridge2fold`), so the local fits factorise k×(k+1) matrices instead of k×d_x ones.
+
 Everything is a pure function of arrays (``jit``/``vmap``-able); the folds depend only on the static row count.
 """
 
@@ -133,78 +139,112 @@ def _thin_svd(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return q @ u, s, vt
 
 
-def _prefix_sq_errors(x_other: jax.Array, y_other: jax.Array, u, s, vt, y_fit: jax.Array, rcond, total) -> jax.Array:
-    """Squared error per output column of fold f's fit on the other fold, for every number r of kept singular values.
+def _prefix_sq_errors(p: jax.Array, b: jax.Array, w: jax.Array, total: jax.Array) -> jax.Array:
+    """Squared error per output column of one fold's fit on the other fold, for every number r of kept singular values.
 
-    The fit keeping the r largest singular values predicts the other fold as P_{:r} w_{:r} with P = X_other V_f and
-    w = diag(1/s) U_fᵀ Y_f, so its squared error per column is
-    ‖y‖² − 2 Σ_{j<r} w_j b_j + Σ_{j,l<r} w_j G_jl w_l with G = PᵀP, b = Pᵀy. The quadratic form of prefix r grows by
-    w_j (G_jj w_j + 2 Σ_{l<j} G_jl w_l) at step j, so every prefix is one cumulative sum: O(n d² + d² d_y) for all
-    cutoffs instead of O(n_alpha · n d d_y). Row r of the (rank + 1, d_y) result is the error of prefix r.
-    Only Gram products of the other fold enter, so (x_other, y_other) may be replaced by (R, Qᵀ y_other) of a QR
-    factorisation of x_other; ``total`` = ‖y_other‖² per column.
+    The fit keeping the r largest singular values predicts the other fold as P_{:r} w_{:r}, with P = X_other V_f the
+    other fold in the fit's right singular basis and w = diag(1/s) U_fᵀ Y_f its coefficients, so its squared error per
+    column is ‖y‖² − 2 Σ_{j<r} w_j b_j + Σ_{j,l<r} w_j G_jl w_l with G = PᵀP, b = Pᵀy. The quadratic form of prefix r
+    grows by w_j (G_jj w_j + 2 Σ_{l<j} G_jl w_l) at step j, so every prefix is one cumulative sum: O(n d² + d² d_y) for
+    all cutoffs instead of O(n_alpha · n d d_y). Only PᵀP enters, so P may be R V_f for any R with
+    RᵀR = X_otherᵀX_other. ``total`` = ‖y_other‖² per column. Row r of the (rank + 1, d_y) result is the error of
+    prefix r.
     """
-    p = x_other @ vt.T
-    w = _inverse(s, s > rcond)[:, None] * (u.T @ y_fit)
-    gram, b = p.T @ p, p.T @ y_other
+    gram = p.T @ p
     lower = jnp.tril(gram, -1) @ w
     step = w * (jnp.diagonal(gram)[:, None] * w + 2.0 * lower - 2.0 * b)
     cumulative = jnp.concatenate([jnp.zeros_like(step[:1]), jnp.cumsum(step, axis=0)], axis=0)
     return jnp.maximum(total + cumulative, 0.0)
 
 
-def _r_factor(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(R, Qᵀ y) of the thin QR x = Q R of a tall x (rows ≥ columns), from one R-only QR of [x | y]."""
-    r = jnp.linalg.qr(jnp.concatenate([x, y], axis=1), mode="r")
-    d = x.shape[1]
-    return r[:d, :d], r[:d, d:]
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["r", "xty", "yty"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class _Moments:
+    """What a tall block of rows (X, Y) contributes to a least-squares fit: R of X = Q R, XᵀY and ‖Y‖² per column."""
+
+    r: jax.Array
+    xty: jax.Array
+    yty: jax.Array
 
 
-def _cv_scores(x: jax.Array, y: jax.Array, alphas: jax.Array, *, random_state: int, shuffle: bool):
-    """Mean 2-fold score of every relative cutoff, the absolute cutoffs, and the final fit's (R, Qᵀ y) (tall x).
+def _moments(x: jax.Array, y: jax.Array) -> _Moments:
+    return _Moments(jnp.linalg.qr(x, mode="r"), x.T @ y, jnp.sum(y * y, axis=0))
+
+
+def _merge(a: _Moments, b: _Moments) -> _Moments:
+    """Moments of the stacked rows: the QR of [R_a; R_b] is that of [X_a; X_b]; XᵀY and ‖Y‖² add."""
+    return _Moments(jnp.linalg.qr(jnp.concatenate([a.r, b.r]), mode="r"), a.xty + b.xty, a.yty + b.yty)
+
+
+def _spectral_fit(m: _Moments) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(s, Vᵀ, Vᵀ XᵀY) of a tall block from the SVD of its R factor (the singular values and right vectors of X).
+
+    The coefficients of the fit along v_j are u_jᵀ Y / s_j = v_jᵀ XᵀY / s_j², so U (n rows) is never formed.
+    """
+    _, s, vt = jnp.linalg.svd(m.r, full_matrices=False)
+    return s, vt, vt @ m.xty
+
+
+def _cv_scores(x: jax.Array, y: jax.Array, alphas: jax.Array, *, random_state: int, shuffle: bool, width: int):
+    """Mean 2-fold score of every relative cutoff, the absolute cutoffs, and the train moments (None for wide folds).
 
     The singular values kept by a cutoff c (s > c and s > rcond) are a prefix of the sorted spectrum, so every
-    cutoff's score is read off the per-prefix errors of :func:`_prefix_sq_errors`. When both folds have at least
-    d_x rows, each fold is reduced once to its QR factors (R_f, Q_fᵀ Y_f) (d_x rows): the fold SVDs are SVDs of R_f
-    (U_fᵀ Y_f = u_fᵀ Q_fᵀ Y_f), the scoring only needs Gram products, and the QR of the stacked fold factors is the
-    full fit's, so no product or SVD ever touches the n rows again. Otherwise (wide folds, as in LFRE) the folds'
-    thin SVDs are used directly and the last output is None.
+    cutoff's score is read off the per-prefix errors of :func:`_prefix_sq_errors`. When both folds have at least d_x
+    rows, each fold is reduced once to its :class:`_Moments` (an R-only Householder QR of the fold and two Gram
+    products): the fold SVDs are SVDs of R_f, the scoring needs only Gram products, and the merged moments are the
+    full fit's, so no factorisation touches the n rows twice. Otherwise (wide folds, as in LFRE's neighbourhoods) the
+    folds' thin SVDs are used directly.
     """
     fold1, fold2 = kfold_halves(x.shape[0], random_state=random_state, shuffle=shuffle)
     x1, x2, y1, y2 = x[fold1], x[fold2], y[fold1], y[fold2]
-    tall = min(fold1.size, fold2.size) >= x.shape[1]
-    if tall:
-        (r1, c1), (r2, c2) = _r_factor(x1, y1), _r_factor(x2, y2)
-        full = _r_factor(jnp.concatenate([r1, r2]), jnp.concatenate([c1, c2]))
-        (u1, s1, vt1), (u2, s2, vt2) = jnp.linalg.svd(r1, full_matrices=False), jnp.linalg.svd(r2, full_matrices=False)
+    rcond = max(x.shape[0], width) * jnp.finfo(x.dtype).eps
+    if min(fold1.size, fold2.size) >= x.shape[1]:
+        m1, m2 = _moments(x1, y1), _moments(x2, y2)
+        (s1, vt1, c1), (s2, vt2, c2) = _spectral_fit(m1), _spectral_fit(m2)
+        w1 = (_inverse(s1, s1 > rcond) ** 2)[:, None] * c1
+        w2 = (_inverse(s2, s2 > rcond) ** 2)[:, None] * c2
+        # fold 1's fit scored on fold 2 (P = R_2 V_1, b = V_1ᵀ X_2ᵀ Y_2), and fold 2's on fold 1
+        err_2 = _prefix_sq_errors(m2.r @ vt1.T, vt1 @ m2.xty, w1, m2.yty)
+        err_1 = _prefix_sq_errors(m1.r @ vt2.T, vt2 @ m1.xty, w2, m1.yty)
+        train = _merge(m1, m2)
     else:
-        r1, c1, r2, c2, full = x1, y1, x2, y2, None
         (u1, s1, vt1), (u2, s2, vt2) = _thin_svd(x1), _thin_svd(x2)
-    rcond = max(x.shape) * jnp.finfo(x.dtype).eps
+        p2, p1 = x2 @ vt1.T, x1 @ vt2.T
+        w1 = _inverse(s1, s1 > rcond)[:, None] * (u1.T @ y1)
+        w2 = _inverse(s2, s2 > rcond)[:, None] * (u2.T @ y2)
+        err_2 = _prefix_sq_errors(p2, p2.T @ y2, w1, jnp.sum(y2 * y2, axis=0))
+        err_1 = _prefix_sq_errors(p1, p1.T @ y1, w2, jnp.sum(y1 * y1, axis=0))
+        train = None
     cutoffs = alphas * jnp.maximum(s1.max(), s2.max())
-    # fold 1's fit scored on fold 2, and fold 2's on fold 1, for every prefix of kept singular values
-    err_2 = _prefix_sq_errors(r2, c2, u1, s1, vt1, c1, rcond, jnp.sum(y2 * y2, axis=0))
-    err_1 = _prefix_sq_errors(r1, c1, u2, s2, vt2, c2, rcond, jnp.sum(y1 * y1, axis=0))
     rank_1 = jnp.sum((s1[None, :] > cutoffs[:, None]) & (s1[None, :] > rcond), axis=1)
     rank_2 = jnp.sum((s2[None, :] > cutoffs[:, None]) & (s2[None, :] > rcond), axis=1)
     neg_rmse_2 = -jnp.sqrt(err_2[rank_1] / x2.shape[0]).mean(axis=1)
     neg_rmse_1 = -jnp.sqrt(err_1[rank_2] / x1.shape[0]).mean(axis=1)
-    return (neg_rmse_2 + neg_rmse_1) / 2, cutoffs, full
+    return (neg_rmse_2 + neg_rmse_1) / 2, cutoffs, train
 
 
-def _final_factors(x: jax.Array, y: jax.Array, alphas: jax.Array, *, random_state: int, shuffle: bool):
-    """Cross-validated cutoff and the factors of W = V diag(inv) (Uᵀ Y): (vt, inv, uty, cutoff, best, scores)."""
-    scores, cutoffs, full = _cv_scores(x, y, alphas, random_state=random_state, shuffle=shuffle)
+def _final_factors(
+    x: jax.Array, y: jax.Array, alphas: jax.Array, *, random_state: int, shuffle: bool, width: int | None = None
+):
+    """Cross-validated cutoff and the factors of the final fit W = vtᵀ coef: (vt, coef, cutoff, best, scores).
+
+    coef = diag(1/s) Uᵀ Y restricted to the kept singular values (zero rows elsewhere). ``width`` is the feature
+    dimension the numerical-rank thresholds max(n, d) · eps refer to (default: x's own; it differs when x holds
+    coordinates in a smaller basis, see :func:`fit_predict_ridge2fold`).
+    """
+    width = x.shape[1] if width is None else width
+    scores, cutoffs, train = _cv_scores(x, y, alphas, random_state=random_state, shuffle=shuffle, width=width)
     best = jnp.argmax(scores)  # first maximum on ties, as np.argmax
     cutoff = cutoffs[best]
-    if full is None:
+    if train is None:
         u, s, vt = _thin_svd(x)
-        uty = u.T @ y
-    else:  # x = Q R: the SVD of x is Q times the SVD of R, and Uᵀ y = uᵀ (Qᵀ y)
-        u, s, vt = jnp.linalg.svd(full[0], full_matrices=False)
-        uty = u.T @ full[1]
-    rank_floor = max(x.shape) * jnp.finfo(x.dtype).eps * s[0]
-    return vt, _inverse(s, (s > cutoff) & (s > rank_floor)), uty, cutoff, best, scores
+        power, uty = 1, u.T @ y
+    else:  # Uᵀ Y = diag(1/s) Vᵀ XᵀY
+        s, vt, uty = _spectral_fit(train)
+        power = 2
+    rank_floor = max(x.shape[0], width) * jnp.finfo(x.dtype).eps * s[0]
+    coef = (_inverse(s, (s > cutoff) & (s > rank_floor)) ** power)[:, None] * uty
+    return vt, coef, cutoff, best, scores
 
 
 def fit_ridge2fold(
@@ -212,8 +252,8 @@ def fit_ridge2fold(
 ) -> RidgeFit:
     """Unvalidated, traceable Ridge2FoldCV fit (the core of :func:`ridge2fold_cv`; safe under ``jit``/``vmap``)."""
     alphas = jnp.asarray(alphas, dtype=x.dtype)
-    vt, inv, uty, cutoff, best, scores = _final_factors(x, y, alphas, random_state=random_state, shuffle=shuffle)
-    weights = (vt.T * inv) @ uty
+    vt, coef, cutoff, best, scores = _final_factors(x, y, alphas, random_state=random_state, shuffle=shuffle)
+    weights = vt.T @ coef
     return RidgeFit(weights=weights, cutoff=cutoff, alpha=alphas[best], scores=scores)
 
 
@@ -228,12 +268,23 @@ def fit_predict_ridge2fold(
 ) -> jax.Array:
     """``query @ fit_ridge2fold(x, y, alphas).weights`` without forming the (d_x, d_y) weights.
 
-    Evaluated as ((query V) diag(inv)) (Uᵀ Y): O(q · d_x · r + r · d_y) after the fit instead of O(d_x · r · d_y),
-    which dominates when a fit serves few queries (LFRE's one point per local fit).
+    Evaluated as (query V) coef with coef = diag(1/s) Uᵀ Y: O(q · d_x · r + r · d_y) after the fit instead of
+    O(d_x · r · d_y), which dominates when a fit serves few queries (LFRE's one point per local fit).
+
+    When the rows of x and the queries number fewer than d_x (LFRE's k neighbours in d dimensions), everything is
+    first expressed in an orthonormal basis of their span: one R-only Householder QR [xᵀ | queryᵀ] = Q R gives the
+    coordinates x̃ = R[:, :n]ᵀ and q̃ = R[:, n:]ᵀ. The fit and the 2-fold scores depend on x and the queries only
+    through their inner products, which Q preserves exactly, so the whole Ridge2FoldCV then runs on (n, n + q)
+    matrices instead of (n, d_x) ones.
     """
     alphas = jnp.asarray(alphas, dtype=x.dtype)
-    vt, inv, uty, *_ = _final_factors(x, y, alphas, random_state=random_state, shuffle=shuffle)
-    return ((query @ vt.T) * inv) @ uty
+    n, width = x.shape
+    rows = query.reshape(-1, width)  # a single (d_x,) query is one row
+    if n + rows.shape[0] < width:
+        r = jnp.linalg.qr(jnp.concatenate([x, rows]).T, mode="r")
+        x, rows = r[:, :n].T, r[:, n:].T
+    vt, coef, *_ = _final_factors(x, y, alphas, random_state=random_state, shuffle=shuffle, width=width)
+    return ((rows @ vt.T) @ coef).reshape((*query.shape[:-1], y.shape[1]))
 
 
 _fit_jit = jax.jit(fit_ridge2fold, static_argnames=("random_state", "shuffle"))

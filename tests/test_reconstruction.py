@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
@@ -20,7 +21,7 @@ from jaxalign.reconstruction import (
     pointwise_lfre,
     train_test_indices,
 )
-from jaxalign.ridge import DEFAULT_ALPHAS, SEED, kfold_halves, ridge2fold_cv
+from jaxalign.ridge import DEFAULT_ALPHAS, SEED, fit_predict_ridge2fold, kfold_halves, ridge2fold_cv
 
 skmatter_metrics = pytest.importorskip("skmatter.metrics")
 skmatter_linear = pytest.importorskip("skmatter.linear_model")
@@ -156,6 +157,20 @@ def test_ridge_matches_skmatter():
     np.testing.assert_allclose(np.asarray(ours.weights), ref.coef_.T, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(np.asarray(ours.scores), ref.cv_values_, rtol=1e-10)
     assert float(ours.alpha) == ref.alpha_
+
+
+@pytest.mark.parametrize(("n", "d", "n_query"), [(200, 12, 5), (20, 64, 1), (20, 64, 50), (60, 64, 3)])
+def test_ridge_tall_and_row_space_paths_match_skmatter(n, d, n_query):
+    """Tall folds go through R factors and Gram products, few rows in many dimensions through a row-space basis;
+    both must give scikit-matter's predictions (fit on x, then predict the queries)."""
+    x, y = _related(5, n + n_query, d, 7)
+    x = x - x[:n].mean(0)
+    ref = _skmatter_ridge().fit(x[:n], y[:n]).predict(x[n:])
+    alphas = jnp.asarray(DEFAULT_ALPHAS)
+    ours = fit_predict_ridge2fold(jnp.asarray(x[:n]), jnp.asarray(y[:n]), jnp.asarray(x[n:]), alphas)
+    np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-7, atol=1e-10)
+    one = fit_predict_ridge2fold(jnp.asarray(x[:n]), jnp.asarray(y[:n]), jnp.asarray(x[n]), alphas)
+    np.testing.assert_allclose(np.asarray(one), ref[0], rtol=1e-7, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

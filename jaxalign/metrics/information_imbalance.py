@@ -151,8 +151,6 @@ def information_imbalance(
         if graph is None:  # found inside the rank pass, from the same distance block
             neighbours.append(jnp.zeros((n, 0), jnp.int32))
         else:
-            graph = check_graph(
-                graph, f"graph_{name}", metric="euclidean", n=n, k=k, data_name=name, purpose=purpose
-            )
+            graph = check_graph(graph, f"graph_{name}", metric="euclidean", n=n, k=k, data_name=name, purpose=purpose)
             neighbours.append(graph.indices)
     return _information_imbalance(x, y, *neighbours, k=k, search=k > COUNT_UP_TO_K, tile=tile, mesh=mesh)
