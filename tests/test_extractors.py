@@ -202,6 +202,26 @@ def test_minilm_text_and_smiles_from_3d(minilm, records):
     np.testing.assert_allclose(derived, minilm.encode(["O"]).numpy()[0], atol=1e-6)
 
 
+def test_length_sorted_chunks_cover_every_input_once_within_budget():
+    from extractors.models._hf import length_sorted_chunks
+
+    lengths = [5, 300, 7, 7, 1000, 2, 64, 64, 64]
+    chunks = length_sorted_chunks(lengths, budget=200)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for chunk in chunks:
+        assert len(chunk) == 1 or len(chunk) * max(lengths[i] for i in chunk) <= 200
+    flat = [lengths[i] for c in chunks for i in c]
+    assert flat == sorted(lengths)
+
+
+def test_minilm_mixed_lengths_batched_equals_one_at_a_time(minilm):
+    """Length-sorted sub-batches return rows in input order, equal to embedding each input alone."""
+    texts = ["CCO", "C" * 400 + "O", "c1ccccc1", "N" * 150, "O", "CC(=O)Oc1ccccc1C(=O)O"] * 3
+    batched = minilm.encode(texts).numpy()
+    alone = np.stack([minilm.encode([t]).numpy()[0] for t in texts])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
 def test_morgan(records, tmp_path):
     pytest.importorskip("rdkit")
     from rdkit import Chem

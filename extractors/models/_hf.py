@@ -1,4 +1,4 @@
-"""Helpers shared by the Hugging Face ``transformers`` families (``hf_chem``, ``hf_llm``, ``prostt5``).
+"""Helpers shared by the Hugging Face ``transformers`` families (``minilm``, ``hf_chem``, ``hf_llm``, ``prostt5``).
 
 Not a family module (the leading underscore keeps it out of :data:`extractors.registry.FAMILIES`); torch and
 transformers are imported inside the functions, so importing this module costs nothing.
@@ -6,9 +6,23 @@ transformers are imported inside the functions, so importing this module costs n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["load_model", "load_tokenizer", "masked_mean", "resolve_weights", "torch_dtype"]
+__all__ = [
+    "PADDED_CHARS_PER_CHUNK",
+    "encode_by_length",
+    "length_sorted_chunks",
+    "load_model",
+    "load_tokenizer",
+    "masked_mean",
+    "resolve_weights",
+    "torch_dtype",
+]
+
+#: padded size (rows × longest input, in characters) of one forward pass of :func:`encode_by_length`; on a 2-core CPU
+#: MiniLM on XYZ texts runs 37 inputs/s in padded batches of 32, 64/s in chunks of this size (SMILES still fill 32).
+PADDED_CHARS_PER_CHUNK = 2048
 
 _DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -80,3 +94,32 @@ def masked_mean(hidden: Any, mask: Any) -> Any:
     """Mean of ``hidden`` (B, T, d) over the positions where ``mask`` (B, T) is nonzero, in float32: (B, d)."""
     m = mask.to(hidden.device).unsqueeze(-1).float()
     return (hidden.float() * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+def length_sorted_chunks(lengths: Sequence[int], budget: int = PADDED_CHARS_PER_CHUNK) -> list[list[int]]:
+    """Input indices in ascending-length chunks whose padded size (rows × longest length) stays within ``budget``
+    (every chunk holds at least one input)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks: list[list[int]] = []
+    for i in order:
+        if chunks and (len(chunks[-1]) + 1) * lengths[i] <= budget:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
+
+
+def encode_by_length(encode: Callable[[list[str]], Any], texts: Sequence[str], budget: int = PADDED_CHARS_PER_CHUNK):
+    """``encode(texts)`` (a (n, d) torch tensor) run on length-sorted chunks and returned in input order.
+
+    A padded batch costs rows × longest input, so one long input (a crystal's XYZ text among SMILES-sized molecules)
+    would make a whole batch slower than one input at a time; sorting by length first is what
+    ``SentenceTransformer.encode`` does too. Each row depends only on its own input (padding is masked), so the
+    result equals one padded batch up to float rounding.
+    """
+    import torch
+
+    chunks = length_sorted_chunks([len(t) for t in texts], budget)
+    parts = [encode([texts[i] for i in chunk]) for chunk in chunks]
+    order = torch.tensor([i for chunk in chunks for i in chunk])
+    return torch.cat(parts)[torch.argsort(order)]

@@ -27,7 +27,7 @@ from typing import Any
 from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
 from extractors.chem import record_smiles
 from extractors.datasets import Record
-from extractors.models._hf import load_model, load_tokenizer, masked_mean, resolve_weights
+from extractors.models._hf import encode_by_length, load_model, load_tokenizer, masked_mean, resolve_weights
 
 __all__ = ["SPECS", "HFChemExtractor", "build", "canonical_smiles", "model_inputs"]
 
@@ -125,7 +125,10 @@ class HFChemExtractor(Extractor):
         return [model_inputs(r, input=self.input, canonical=self.canonical) for r in records]
 
     def encode(self, texts: Sequence[str]) -> Any:
-        """(n, d) float32 torch tensor: the masked token mean of the last hidden state."""
+        """(n, d) float32 torch tensor: the masked token mean of the last hidden state (length-sorted sub-batches)."""
+        return encode_by_length(self._encode_padded, texts)
+
+    def _encode_padded(self, texts: list[str]) -> Any:
         import torch
 
         enc = self.tokenizer(

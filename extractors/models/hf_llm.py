@@ -33,7 +33,7 @@ import numpy as np
 
 from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
 from extractors.datasets import Record
-from extractors.models._hf import load_model, load_tokenizer, masked_mean, resolve_weights
+from extractors.models._hf import encode_by_length, load_model, load_tokenizer, masked_mean, resolve_weights
 from extractors.models.hf_chem import model_inputs
 
 __all__ = [
@@ -220,10 +220,13 @@ class LLMExtractor(Extractor):
             )
 
     def encode(self, texts: Sequence[str]) -> Any:
-        """(n, d) float32 torch tensor: token mean of the last hidden state over each templated input."""
+        """(n, d) float32 torch tensor: token mean of the last hidden state over each templated input
+        (length-sorted sub-batches)."""
+        return encode_by_length(self._encode_padded, [self.render(t) for t in texts])
+
+    def _encode_padded(self, rendered: list[str]) -> Any:
         import torch
 
-        rendered = [self.render(t) for t in texts]
         enc = self.tokenizer(
             rendered,
             add_special_tokens=False,  # the chat template writes BOS and the role tokens itself

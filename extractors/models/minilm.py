@@ -19,6 +19,7 @@ from typing import Any
 from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec
 from extractors.chem import record_smiles
 from extractors.datasets import Record, structure_text
+from extractors.models._hf import encode_by_length
 
 __all__ = ["SPECS", "MiniLMExtractor", "build", "model_path"]
 
@@ -86,7 +87,11 @@ class MiniLMExtractor(Extractor):
         return [structure_text(r.atoms) for r in records]
 
     def encode(self, texts: Sequence[str]) -> Any:
-        """Sentence embeddings (n, 384) as a torch tensor: masked mean of the last hidden state, L2-normalised."""
+        """Sentence embeddings (n, 384) as a torch tensor: masked mean of the last hidden state, L2-normalised
+        (length-sorted sub-batches, :func:`extractors.models._hf.encode_by_length`)."""
+        return encode_by_length(self._encode_padded, texts)
+
+    def _encode_padded(self, texts: list[str]) -> Any:
         import torch
 
         enc = self.tokenizer(

@@ -24,7 +24,7 @@ from typing import Any
 
 from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
 from extractors.datasets import Record
-from extractors.models._hf import load_model, load_tokenizer, masked_mean, resolve_weights
+from extractors.models._hf import encode_by_length, load_model, load_tokenizer, masked_mean, resolve_weights
 
 __all__ = ["AA_PREFIX", "FOLD_PREFIX", "SPECS", "ProstT5Extractor", "build", "model_input"]
 
@@ -79,10 +79,13 @@ class ProstT5Extractor(Extractor):
         self.kind = spec.config["input"]
 
     def encode(self, sequences: Sequence[str]) -> Any:
-        """(n, d) float32 torch tensor: each sequence's mean over its residue positions."""
+        """(n, d) float32 torch tensor: each sequence's mean over its residue positions (length-sorted
+        sub-batches)."""
+        return encode_by_length(self._encode_padded, [s[: self.max_residues] for s in sequences])
+
+    def _encode_padded(self, seqs: list[str]) -> Any:
         import torch
 
-        seqs = [s[: self.max_residues] for s in sequences]
         enc = self.tokenizer(
             [model_input(s, kind=self.kind) for s in seqs], padding=True, add_special_tokens=True, return_tensors="pt"
         )
