@@ -9,6 +9,10 @@ jaxalign alone on the full test set. ``run_seed003_scale`` times LFRE at seed 00
 scikit-matter inverts the round-off singular value of each rank-deficient neighbourhood (k ≤ d), jaxalign drops it
 and matches scikit-matter's float64 value instead.
 
+The script first calls :func:`jaxalign.cpu.limit_lapack_threads` (the README's CPU setting: scipy's bundled OpenBLAS,
+which backs jax's LAPACK kernels, on one thread so it does not compete with XLA's thread pool). scikit-matter runs on
+numpy's own OpenBLAS, a separate library whose threads are not touched; ``--no-limit`` skips the call.
+
     python benchmarks/bench_reconstruction.py [--sizes 2000 10000] [--anchor-points 1000]
     python benchmarks/bench_reconstruction.py --seed003 [--n-train 170000]
 """
@@ -28,6 +32,7 @@ from skmatter.metrics import (
     local_reconstruction_error,
 )
 
+from jaxalign.cpu import limit_lapack_threads
 from jaxalign.reconstruction import gfrd, gfre, lfre, train_test_indices
 
 DX, DY = 256, 128
@@ -117,7 +122,10 @@ def main() -> None:
     parser.add_argument("--seed003", action="store_true", help="also run LFRE at seed 003's scale (jaxalign only)")
     parser.add_argument("--n-train", type=int, default=170_000, help="train environments of the seed-003 run")
     parser.add_argument("--n-test", type=int, default=1_000, help="test points of the seed-003 run")
+    parser.add_argument("--no-limit", action="store_true", help="leave scipy's BLAS threads as they are")
     args = parser.parse_args()
+    if not args.no_limit:
+        limit_lapack_threads()
     print(HEADER)
     rows = run(tuple(args.sizes), args.anchor_points) if args.sizes else []
     if args.seed003:

@@ -33,8 +33,10 @@ def main(cfg: DictConfig) -> None:
     from experiments.data import DatasetError
     from experiments.extraction import ExtractionError
     from experiments.pipeline import run_pipeline
+    from jaxalign.cpu import limit_lapack_threads
 
     logging.getLogger("jax").setLevel(logging.WARNING)  # Hydra sets the root logger to INFO
+    limit_lapack_threads()  # an application owns its process: keep scipy's BLAS off the cores XLA uses
     hc = HydraConfig.get()
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain["cache_dir"] = to_absolute_path(str(plain["cache_dir"]))

@@ -5,16 +5,18 @@
 - :mod:`jaxalign.reconstruction` — GFRE/GFRD/LFRE (scikit-matter conventions); :mod:`jaxalign.ridge`.
 - :mod:`jaxalign.descriptors`, :mod:`jaxalign.projection`, :mod:`jaxalign.energy`, :mod:`jaxalign.tree` — cumulant
   descriptors, PCovR, energy-error baseline, the evolutionary tree of models.
+- :mod:`jaxalign.cpu` — keep jax's LAPACK kernels from oversubscribing the cores XLA uses.
 - :mod:`jaxalign.io` — embedding files written by the extractor processes; :mod:`jaxalign.plots` — figures.
 """
 
-from jaxalign import descriptors, energy, io, metrics, preprocessing, projection, reconstruction, ridge, tree
+from jaxalign import cpu, descriptors, energy, io, metrics, preprocessing, projection, reconstruction, ridge, tree
 from jaxalign.neighbors import NeighborGraph, knn
 from jaxalign.tiling import map_row_tiles, row_mesh
 
 __version__ = "0.1.0"
 __all__ = [
     "NeighborGraph",
+    "cpu",
     "descriptors",
     "energy",
     "io",

@@ -36,6 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.linalg import solve_triangular
 
 from jaxalign._checks import as_features, check_same_n
 
@@ -223,27 +224,47 @@ def _cv_scores(x: jax.Array, y: jax.Array, alphas: jax.Array, *, random_state: i
     return (neg_rmse_2 + neg_rmse_1) / 2, cutoffs, train
 
 
+def _tall_weights(train: _Moments, cutoff: jax.Array, floor_scale: jax.Array) -> jax.Array:
+    """Final weights of a tall fit from its moments: W = V S⁺(c*) Uᵀ Y = V diag(1/s²) Vᵀ XᵀY over the kept
+    singular values.
+
+    When the cutoff keeps every singular value (the usual case with many more rows than features) the truncated fit
+    is plain least squares, W = R⁻¹ R⁻ᵀ XᵀY: two triangular solves after a values-only SVD of R decide it, instead
+    of a full SVD.
+    """
+    s = jnp.linalg.svd(train.r, compute_uv=False)
+    floor = floor_scale * s[0]
+
+    def least_squares(_):
+        z = solve_triangular(train.r, train.xty, trans="T", lower=False)
+        return solve_triangular(train.r, z, lower=False)
+
+    def truncated(_):
+        s, vt, c = _spectral_fit(train)
+        return vt.T @ ((_inverse(s, (s > cutoff) & (s > floor)) ** 2)[:, None] * c)
+
+    return jax.lax.cond(s[-1] > jnp.maximum(cutoff, floor), least_squares, truncated, None)
+
+
 def _final_factors(
     x: jax.Array, y: jax.Array, alphas: jax.Array, *, random_state: int, shuffle: bool, width: int | None = None
 ):
-    """Cross-validated cutoff and the factors of the final fit W = vtᵀ coef: (vt, coef, cutoff, best, scores).
+    """Cross-validated cutoff and the final fit W = vtᵀ coef: (vt, coef, cutoff, best, scores), vt None when coef
+    is W itself.
 
-    coef = diag(1/s) Uᵀ Y restricted to the kept singular values (zero rows elsewhere). ``width`` is the feature
-    dimension the numerical-rank thresholds max(n, d) · eps refer to (default: x's own; it differs when x holds
-    coordinates in a smaller basis, see :func:`fit_predict_ridge2fold`).
+    Wide x: coef = diag(1/s) Uᵀ Y restricted to the kept singular values (zero rows elsewhere). ``width`` is the
+    feature dimension the numerical-rank thresholds max(n, d) · eps refer to (default: x's own; it differs when x
+    holds coordinates in a smaller basis, see :func:`fit_predict_ridge2fold`).
     """
     width = x.shape[1] if width is None else width
     scores, cutoffs, train = _cv_scores(x, y, alphas, random_state=random_state, shuffle=shuffle, width=width)
     best = jnp.argmax(scores)  # first maximum on ties, as np.argmax
     cutoff = cutoffs[best]
-    if train is None:
-        u, s, vt = _thin_svd(x)
-        power, uty = 1, u.T @ y
-    else:  # Uᵀ Y = diag(1/s) Vᵀ XᵀY
-        s, vt, uty = _spectral_fit(train)
-        power = 2
-    rank_floor = max(x.shape[0], width) * jnp.finfo(x.dtype).eps * s[0]
-    coef = (_inverse(s, (s > cutoff) & (s > rank_floor)) ** power)[:, None] * uty
+    floor_scale = max(x.shape[0], width) * jnp.finfo(x.dtype).eps
+    if train is not None:
+        return None, _tall_weights(train, cutoff, floor_scale), cutoff, best, scores
+    u, s, vt = _thin_svd(x)
+    coef = _inverse(s, (s > cutoff) & (s > floor_scale * s[0]))[:, None] * (u.T @ y)
     return vt, coef, cutoff, best, scores
 
 
@@ -253,7 +274,7 @@ def fit_ridge2fold(
     """Unvalidated, traceable Ridge2FoldCV fit (the core of :func:`ridge2fold_cv`; safe under ``jit``/``vmap``)."""
     alphas = jnp.asarray(alphas, dtype=x.dtype)
     vt, coef, cutoff, best, scores = _final_factors(x, y, alphas, random_state=random_state, shuffle=shuffle)
-    weights = vt.T @ coef
+    weights = coef if vt is None else vt.T @ coef
     return RidgeFit(weights=weights, cutoff=cutoff, alpha=alphas[best], scores=scores)
 
 
@@ -284,7 +305,8 @@ def fit_predict_ridge2fold(
         r = jnp.linalg.qr(jnp.concatenate([x, rows]).T, mode="r")
         x, rows = r[:, :n].T, r[:, n:].T
     vt, coef, *_ = _final_factors(x, y, alphas, random_state=random_state, shuffle=shuffle, width=width)
-    return ((rows @ vt.T) @ coef).reshape((*query.shape[:-1], y.shape[1]))
+    projected = rows if vt is None else rows @ vt.T
+    return (projected @ coef).reshape((*query.shape[:-1], y.shape[1]))
 
 
 _fit_jit = jax.jit(fit_ridge2fold, static_argnames=("random_state", "shuffle"))

@@ -159,11 +159,17 @@ def test_ridge_matches_skmatter():
     assert float(ours.alpha) == ref.alpha_
 
 
-@pytest.mark.parametrize(("n", "d", "n_query"), [(200, 12, 5), (20, 64, 1), (20, 64, 50), (60, 64, 3)])
-def test_ridge_tall_and_row_space_paths_match_skmatter(n, d, n_query):
-    """Tall folds go through R factors and Gram products, few rows in many dimensions through a row-space basis;
-    both must give scikit-matter's predictions (fit on x, then predict the queries)."""
+@pytest.mark.parametrize(
+    ("n", "d", "n_query", "repeated"),
+    [(200, 12, 5, 0), (200, 12, 5, 3), (20, 64, 1, 0), (20, 64, 50, 0), (60, 64, 3, 0)],
+)
+def test_ridge_tall_and_row_space_paths_match_skmatter(n, d, n_query, repeated):
+    """Tall folds go through R factors and Gram products (a full-rank final fit by triangular solves, a rank-deficient
+    one, with ``repeated`` duplicated columns, by the truncated SVD), few rows in many dimensions through a row-space
+    basis; all must give scikit-matter's predictions (fit on x, then predict the queries)."""
     x, y = _related(5, n + n_query, d, 7)
+    if repeated:
+        x[:, -repeated:] = x[:, :repeated]
     x = x - x[:n].mean(0)
     ref = _skmatter_ridge().fit(x[:n], y[:n]).predict(x[n:])
     alphas = jnp.asarray(DEFAULT_ALPHAS)
