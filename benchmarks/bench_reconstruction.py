@@ -37,7 +37,7 @@ from jaxalign.reconstruction import gfrd, gfre, lfre, train_test_indices
 
 DX, DY = 256, 128
 #: the global measures take ~0.1 s, so both sides are timed alike: one warm-up call, then the best of this many.
-GLOBAL_REPEAT = 5
+GLOBAL_REPEAT = 10
 
 
 def _lfre_rows(x, y, n: int, k: int, anchor_points: int, repeat: int) -> list[str]:
