@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,6 +26,7 @@ __all__ = [
     "Embedded",
     "Extractor",
     "ModelSpec",
+    "spec_table",
     "versions",
 ]
 
@@ -54,6 +55,30 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"ModelSpec {self.id}: status must be one of {STATUSES}, got {self.status!r}.")
+
+
+def spec_table(
+    family: str,
+    config_keys: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    status: str,
+    packages: tuple[str, ...],
+    **shared: Any,
+) -> tuple[ModelSpec, ...]:
+    """The :class:`ModelSpec` of each row ``(id, *values of config_keys, description)`` of one family's table;
+    ``shared`` config entries are the same for every row."""
+    return tuple(
+        ModelSpec(
+            id=row[0],
+            family=family,
+            config={**shared, **dict(zip(config_keys, row[1:-1], strict=True))},
+            status=status,
+            packages=packages,
+            description=row[-1],
+        )
+        for row in rows
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -14,26 +14,22 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec
+from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec, spec_table
 from extractors.datasets import Record
 
 __all__ = ["SPECS", "CHGNetExtractor", "boxed", "build"]
 
 _PACKAGES = ("chgnet", "torch", "pymatgen", "ase")
-SPECS = tuple(
-    ModelSpec(
-        id=f"chgnet-{name}",
-        family="chgnet",
-        config={"model_name": name},
-        status=OFFLINE_READY,
-        packages=_PACKAGES,
-        description=desc,
-    )
-    for name, desc in (
-        ("0.3.0", "CHGNet 0.3.0 (MPtrj)"),
-        ("0.2.0", "CHGNet 0.2.0 (MPtrj, deprecated)"),
-        ("r2scan", "CHGNet r2SCAN transfer-learned (MP-r2SCAN)"),
-    )
+SPECS = spec_table(
+    "chgnet",
+    ("model_name",),
+    (
+        ("chgnet-0.3.0", "0.3.0", "CHGNet 0.3.0 (MPtrj)"),
+        ("chgnet-0.2.0", "0.2.0", "CHGNet 0.2.0 (MPtrj, deprecated)"),
+        ("chgnet-r2scan", "r2scan", "CHGNet r2SCAN transfer-learned (MP-r2SCAN)"),
+    ),
+    status=OFFLINE_READY,
+    packages=_PACKAGES,
 )
 
 

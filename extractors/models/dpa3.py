@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
+from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, spec_table
 from extractors.datasets import Record
 
 __all__ = ["ENV_REQUIREMENTS", "SPECS", "DPA3Extractor", "build", "import_deepmd_pt"]
@@ -42,17 +42,7 @@ _ROWS = (
     ("dpa-3.1-3m-mptrj", "DPA-3.1-3M.pt", "MP_traj_v024_alldata_mixu", "DPA-3.1-3M, MPtrj head"),
     ("dpa3", None, None, "any deepmd-kit PyTorch checkpoint (--opt weights=PATH [head=NAME])"),
 )
-SPECS = tuple(
-    ModelSpec(
-        id=mid,
-        family="dpa3",
-        config={"checkpoint": file, "head": head},
-        status=WEIGHTS_PATH,
-        packages=_PACKAGES,
-        description=desc,
-    )
-    for mid, file, head, desc in _ROWS
-)
+SPECS = spec_table("dpa3", ("checkpoint", "head"), _ROWS, status=WEIGHTS_PATH, packages=_PACKAGES)
 
 _OPS_NOTE: list[str] = []
 

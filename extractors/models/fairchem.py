@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
+from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, spec_table
 from extractors.datasets import Record
 
 __all__ = ["ENV_REQUIREMENTS", "EXTRA_ENVS", "SPECS", "EquiformerV2Extractor", "FairchemExtractor", "build"]
@@ -59,26 +59,16 @@ _ROWS_V1 = (
     ("eqv2-86m-omat-mp-salex", "eqV2_86M_omat_mp_salex.pt", "EquiformerV2 86M, OMat24 → MPtrj + sAlex (fairchem 1.x)"),
     ("eqv2-153m-omat-mp-salex", "eqV2_153M_omat_mp_salex.pt", "EquiformerV2 153M, OMat24 → MPtrj + sAlex (1.x)"),
 )
-SPECS = tuple(
-    ModelSpec(
-        id=mid,
-        family="fairchem",
-        config={"generation": 2, "checkpoint": name, "task": task},
-        status=WEIGHTS_PATH,
-        packages=_PACKAGES,
-        description=desc,
-    )
-    for mid, name, task, desc in _ROWS_V2
-) + tuple(
-    ModelSpec(
-        id=mid,
-        family="fairchem",
-        config={"generation": 1, "checkpoint": file, "task": None},
-        status=WEIGHTS_PATH,
-        packages=_PACKAGES,
-        description=desc,
-    )
-    for mid, file, desc in _ROWS_V1
+SPECS = spec_table(
+    "fairchem", ("checkpoint", "task"), _ROWS_V2, status=WEIGHTS_PATH, packages=_PACKAGES, generation=2
+) + spec_table(
+    "fairchem",
+    ("checkpoint",),
+    _ROWS_V1,
+    status=WEIGHTS_PATH,
+    packages=_PACKAGES,
+    generation=1,
+    task=None,
 )
 
 _RADIUS = 6.0  # FAIRChemCalculator's graph radius

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
+from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, spec_table
 from extractors.datasets import Record
 
 __all__ = ["ENV_REQUIREMENTS", "SPECS", "MACEExtractor", "build", "layer_columns", "resolve_weights"]
@@ -50,17 +50,7 @@ _ROWS = (
     ("mace-off23-large", "off", "large", None, "MACE-OFF23 large (organic molecules; ASL licence)"),
     ("mace", None, None, None, "any MACE model file (--opt weights=PATH [head=NAME])"),
 )
-SPECS = tuple(
-    ModelSpec(
-        id=mid,
-        family="mace",
-        config={"source": source, "checkpoint": key, "head": head},
-        status=WEIGHTS_PATH,
-        packages=_PACKAGES,
-        description=desc,
-    )
-    for mid, source, key, head, desc in _ROWS
-)
+SPECS = spec_table("mace", ("source", "checkpoint", "head"), _ROWS, status=WEIGHTS_PATH, packages=_PACKAGES)
 
 
 def _cache_path(source: str, key: str) -> tuple[Path, str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
+from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, spec_table
 from extractors.datasets import Record
 
 __all__ = ["ENV_REMOVE", "ENV_REQUIREMENTS", "SPECS", "MatterSimExtractor", "build"]
@@ -36,17 +36,7 @@ _ROWS = (
     ("mattersim-v1.0.0-1m", "mattersim-v1.0.0-1M.pth", "MatterSim v1.0.0, 1M parameters"),
     ("mattersim-v1.0.0-5m", "mattersim-v1.0.0-5M.pth", "MatterSim v1.0.0, 5M parameters"),
 )
-SPECS = tuple(
-    ModelSpec(
-        id=mid,
-        family="mattersim",
-        config={"checkpoint": file},
-        status=WEIGHTS_PATH,
-        packages=_PACKAGES,
-        description=desc,
-    )
-    for mid, file, desc in _ROWS
-)
+SPECS = spec_table("mattersim", ("checkpoint",), _ROWS, status=WEIGHTS_PATH, packages=_PACKAGES)
 _CACHE = Path("~/.local/mattersim/pretrained_models")  # Potential.from_checkpoint's download folder
 
 

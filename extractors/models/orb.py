@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
+from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, spec_table
 from extractors.datasets import Record
 
 __all__ = ["ENV_REQUIREMENTS", "SPECS", "OrbExtractor", "build", "resolve_weights"]
@@ -42,16 +42,8 @@ _ROWS = (
     ("orb-v2", "orb-v2 (MPtrj + Alexandria)"),
     ("orb-mptraj-only-v2", "orb-v2 trained on MPtrj only"),
 )
-SPECS = tuple(
-    ModelSpec(
-        id=name,
-        family="orb",
-        config={"name": name},
-        status=WEIGHTS_PATH,
-        packages=_PACKAGES,
-        description=desc,
-    )
-    for name, desc in _ROWS
+SPECS = spec_table(
+    "orb", ("name",), ((name, name, desc) for name, desc in _ROWS), status=WEIGHTS_PATH, packages=_PACKAGES
 )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
+from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, spec_table
 from extractors.datasets import Record
 
 __all__ = ["ENV_REQUIREMENTS", "SPECS", "PETExtractor", "build", "feature_output"]
@@ -43,17 +43,7 @@ _ROWS = (
     ("pet-spice-s", "pet-spice", "s", None, "PET-SPICE-S (SPICE; ωB97M-D3)"),
     ("upet", None, None, None, "any UPET / metatrain PET checkpoint (--opt weights=PATH)"),
 )
-SPECS = tuple(
-    ModelSpec(
-        id=mid,
-        family="petmad",
-        config={"model": model, "size": size, "version": version},
-        status=WEIGHTS_PATH,
-        packages=_PACKAGES,
-        description=desc,
-    )
-    for mid, model, size, version, desc in _ROWS
-)
+SPECS = spec_table("petmad", ("model", "size", "version"), _ROWS, status=WEIGHTS_PATH, packages=_PACKAGES)
 
 LAST_LAYER = "mtt::aux::energy_last_layer_features"
 

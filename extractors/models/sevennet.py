@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec
+from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec, spec_table
 from extractors.datasets import Record
 
 __all__ = ["SPECS", "SevenNetExtractor", "build", "load_model"]
@@ -32,17 +32,7 @@ _ROWS = (
     ("7net-mf-0-r2scan", "7net-mf-0", "R2SCAN", "SevenNet-MF-0, R2SCAN head"),
     ("7net-l3i5", "7net-l3i5", None, "SevenNet-l3i5 (lmax 3, 5 layers, MPtrj)"),
 )
-SPECS = tuple(
-    ModelSpec(
-        id=mid,
-        family="sevennet",
-        config={"checkpoint": ckpt, "modal": modal},
-        status=OFFLINE_READY,
-        packages=_PACKAGES,
-        description=desc,
-    )
-    for mid, ckpt, modal, desc in _ROWS
-)
+SPECS = spec_table("sevennet", ("checkpoint", "modal"), _ROWS, status=OFFLINE_READY, packages=_PACKAGES)
 
 
 @functools.lru_cache(maxsize=4)
