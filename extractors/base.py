@@ -26,6 +26,7 @@ __all__ = [
     "Embedded",
     "Extractor",
     "ModelSpec",
+    "per_structure",
     "spec_table",
     "versions",
 ]
@@ -130,6 +131,16 @@ class Extractor:
 
     def package_versions(self) -> dict[str, str]:
         return versions(self.spec.packages)
+
+
+def per_structure(atom_features: np.ndarray, n_atoms: Sequence[int], energies: Sequence[float]) -> list[Embedded]:
+    """One :class:`Embedded` per structure of a batch from its stacked (Σ n_atoms, d) per-atom features: the
+    structure's atom features, their mean as its pooled features, and its energy."""
+    blocks = np.split(atom_features, np.cumsum(np.asarray(n_atoms))[:-1])
+    return [
+        Embedded(features=f.mean(axis=0), atom_features=f, energy=float(e))
+        for f, e in zip(blocks, np.ravel(energies), strict=True)
+    ]
 
 
 def versions(packages: Sequence[str]) -> dict[str, str]:

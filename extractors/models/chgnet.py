@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec, spec_table
+from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec, per_structure, spec_table
 from extractors.datasets import Record
 
 __all__ = ["SPECS", "CHGNetExtractor", "boxed", "build"]
@@ -91,10 +89,7 @@ class CHGNetExtractor(Extractor):
         counts = pred["atoms_per_graph"]
         energies = (pred["e"] * counts if self.model.is_intensive else pred["e"]).cpu().numpy()
         per_atom = captured[0].float().cpu().numpy()
-        out = []
-        for feats, e in zip(np.split(per_atom, np.cumsum(counts.cpu().numpy())[:-1]), energies, strict=True):
-            out.append(Embedded(features=feats.mean(axis=0), atom_features=feats, energy=float(e)))
-        return out
+        return per_structure(per_atom, counts.cpu().numpy(), energies)
 
     def info(self) -> dict[str, Any]:
         return {

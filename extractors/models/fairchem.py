@@ -28,9 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, spec_table
+from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, per_structure, spec_table
 from extractors.datasets import Record
 
 __all__ = ["ENV_REQUIREMENTS", "EXTRA_ENVS", "SPECS", "EquiformerV2Extractor", "FairchemExtractor", "build"]
@@ -204,11 +202,7 @@ class FairchemExtractor(Extractor):
         per_atom = emb[:, 0] if self.layer == "last" else emb[:, :4].reshape(emb.shape[0], -1)
         per_atom = per_atom.to(torch.float32).cpu().numpy()
         energies = pred["energy"].detach().cpu().numpy().reshape(-1)
-        counts = np.array([len(r.atoms) for r in records])
-        return [
-            Embedded(features=f.mean(axis=0), atom_features=f, energy=float(e))
-            for f, e in zip(np.split(per_atom, np.cumsum(counts)[:-1]), energies, strict=True)
-        ]
+        return per_structure(per_atom, [len(r.atoms) for r in records], energies)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -257,11 +251,7 @@ class EquiformerV2Extractor(Extractor):
             handle.remove()
         per_atom = captured[0].to(torch.float32).cpu().numpy()
         energies = pred["energy"].detach().cpu().numpy().reshape(-1)
-        counts = np.array([len(r.atoms) for r in records])
-        return [
-            Embedded(features=f.mean(axis=0), atom_features=f, energy=float(e))
-            for f, e in zip(np.split(per_atom, np.cumsum(counts)[:-1]), energies, strict=True)
-        ]
+        return per_structure(per_atom, [len(r.atoms) for r in records], energies)
 
     def info(self) -> dict[str, Any]:
         return {

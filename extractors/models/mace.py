@@ -23,9 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, spec_table
+from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, per_structure, spec_table
 from extractors.datasets import Record
 
 __all__ = ["ENV_REQUIREMENTS", "SPECS", "MACEExtractor", "build", "layer_columns", "resolve_weights"]
@@ -189,11 +187,7 @@ class MACEExtractor(Extractor):
             feats = extract_invariant(feats, num_layers=self.n_layers, num_features=self.n_invariant, l_max=self.l_max)
         per_atom = feats[:, : sum(self.widths)][:, self.columns].detach().float().cpu().numpy()
         energies = (out["energy"].detach() * self.calc.energy_units_to_eV).cpu().numpy().reshape(-1)
-        counts = np.array([len(r.atoms) for r in records])
-        return [
-            Embedded(features=f.mean(axis=0), atom_features=f, energy=float(e))
-            for f, e in zip(np.split(per_atom, np.cumsum(counts)[:-1]), energies, strict=True)
-        ]
+        return per_structure(per_atom, [len(r.atoms) for r in records], energies)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, spec_table
+from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, per_structure, spec_table
 from extractors.datasets import Record
 
 __all__ = ["ENV_REMOVE", "ENV_REQUIREMENTS", "SPECS", "MatterSimExtractor", "build"]
@@ -103,11 +103,7 @@ class MatterSimExtractor(Extractor):
             handle.remove()
         per_atom = torch.cat(captured).float().cpu().numpy()
         energy = np.concatenate(energies)
-        counts = np.array([len(r.atoms) for r in records])
-        return [
-            Embedded(features=f.mean(axis=0), atom_features=f, energy=float(e))
-            for f, e in zip(np.split(per_atom, np.cumsum(counts)[:-1]), energy, strict=True)
-        ]
+        return per_structure(per_atom, [len(r.atoms) for r in records], energy)
 
     def info(self) -> dict[str, Any]:
         return {

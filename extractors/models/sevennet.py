@@ -17,9 +17,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec, spec_table
+from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec, per_structure, spec_table
 from extractors.datasets import Record
 
 __all__ = ["SPECS", "SevenNetExtractor", "build", "load_model"]
@@ -105,11 +103,7 @@ class SevenNetExtractor(Extractor):
             handle.remove()
         per_atom = captured[0][:, self.scalars].float().cpu().numpy()
         energies = out[keys.PRED_TOTAL_ENERGY].detach().cpu().numpy().reshape(-1)
-        counts = np.array([len(r.atoms) for r in records])
-        result = []
-        for feats, e in zip(np.split(per_atom, np.cumsum(counts)[:-1]), energies, strict=True):
-            result.append(Embedded(features=feats.mean(axis=0), atom_features=feats, energy=float(e)))
-        return result
+        return per_structure(per_atom, [len(r.atoms) for r in records], energies)
 
     def info(self) -> dict[str, Any]:
         return {
