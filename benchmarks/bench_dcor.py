@@ -11,14 +11,13 @@ memory. The last row computes the biased and bias-corrected statistics from one 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dcor as dcor_anchor
 import numpy as np
-from harness import HEADER, embeddings, measure, row
+from harness import embeddings, measure, row, sizes_main
 from scipy.spatial.distance import cdist
 
 from jaxalign.metrics.dcor import dcor, dcor_from_sums, distance_row_sums, u_dcor_sqr
@@ -81,11 +80,7 @@ def run(sizes: tuple[int, ...] = (2000, 10000), repeat: int = 2) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
-    args = parser.parse_args()
-    print(HEADER)
-    print("\n".join(run(tuple(args.sizes))))
+    sizes_main(run, __doc__)
 
 
 if __name__ == "__main__":

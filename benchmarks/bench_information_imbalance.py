@@ -11,7 +11,6 @@ directions from precomputed graphs, jaxalign only.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from dadapy import MetricComparisons
-from harness import HEADER, embeddings, measure, row
+from harness import embeddings, measure, row, sizes_main
 
 from jaxalign.metrics.information_imbalance import information_imbalance
 from jaxalign.neighbors import knn
@@ -65,11 +64,7 @@ def run(sizes: tuple[int, ...] = (2000, 10000), repeat: int = 2) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
-    args = parser.parse_args()
-    print(HEADER)
-    print("\n".join(run(tuple(args.sizes))))
+    sizes_main(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ Python loop over points) vs ``mle_id(x, k=20)``. A last row times both jaxalign 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import skdim
 from dadapy import Data
-from harness import HEADER, embeddings, measure, row
+from harness import embeddings, measure, row, sizes_main
 
 from jaxalign.metrics.intrinsic_dimension import mle_id, twonn
 from jaxalign.neighbors import knn
@@ -62,11 +61,7 @@ def run(sizes: tuple[int, ...] = (2000, 10000), repeat: int = 2) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
-    args = parser.parse_args()
-    print(HEADER)
-    print("\n".join(run(tuple(args.sizes))))
+    sizes_main(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ C = exp(−D) of the same tree.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import HEADER, measure, row
+from harness import measure, row, sizes_main
 
 from jaxalign.tree import Tree, jsd_distance, neighbor_joining
 
@@ -95,11 +94,7 @@ def run(sizes: tuple[int, ...] = (200, 500, 1000), repeat: int = 2) -> list[str]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 500, 1000])
-    args = parser.parse_args()
-    print(HEADER)
-    print("\n".join(run(tuple(args.sizes))))
+    sizes_main(run, __doc__, (200, 500, 1000))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import dataclasses
 import gc
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -98,3 +98,14 @@ def embeddings(n: int, dx: int = 256, dy: int = 128, seed: int = 0) -> tuple[np.
     x = np.tanh(z @ rng.normal(size=(16, dx)) / 4) + 0.1 * rng.normal(size=(n, dx))
     y = np.sin(z @ rng.normal(size=(16, dy)) / 4) + 0.1 * rng.normal(size=(n, dy))
     return x.astype(np.float32), y.astype(np.float32)
+
+
+def sizes_main(run: Callable[[tuple[int, ...]], list[str]], doc: str, default: Sequence[int] = (2000, 10000)) -> None:
+    """The command line of a benchmark whose only option is ``--sizes``: print the table of ``run(sizes)``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(default))
+    args = parser.parse_args()
+    print(HEADER)
+    print("\n".join(run(tuple(args.sizes))))
