@@ -21,8 +21,9 @@ Imbalzano & Ceriotti 2021, "The role of feature space in atomistic learning", Ma
 Computation (LAPACK work, not the anchor's three SVDs of n-row matrices): every cutoff is scored at once from
 prefix sums over the sorted spectrum (:func:`_prefix_sq_errors`). Tall folds (rows ≥ d_x) are each reduced once to
 (R_f, X_fᵀY_f, ‖Y_f‖²) by an R-only Householder QR and two Gram products; the fold and final SVDs are SVDs of d_x×d_x
-R factors. Few rows in many dimensions (LFRE's k neighbours) are first rotated into an orthonormal basis of their
-span (:func:`fit_predict_ridge2fold`), so the local fits factorise k×(k+1) matrices instead of k×d_x ones.
+R factors, the final one values-only when the cutoff keeps every singular value (then two triangular solves). Few
+rows in many dimensions (LFRE's k neighbours) are first rotated into an orthonormal basis of their span
+(:func:`fit_predict_ridge2fold`), so the local fits factorise k×(k+1) matrices instead of k×d_x ones.
 
 Everything is a pure function of arrays (``jit``/``vmap``-able); the folds depend only on the static row count.
 """
