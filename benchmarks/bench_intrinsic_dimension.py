@@ -4,6 +4,8 @@ Same float32 embedding (d = 256) for both sides; every timing includes the neigh
 ``Data(x).compute_id_2NN()`` (DADApy searches maxk = min(100, N−1) neighbours with scikit-learn, then fits) vs
 ``twonn(x)`` (2 neighbours from the tiled engine), and ``MLE().fit(x, n_neighbors=20)`` (scikit-learn kNN, then a
 Python loop over points) vs ``mle_id(x, k=20)``. A last row times both jaxalign estimators sharing one 20-NN graph.
+DADApy runs under its own interpreter (anchors/dadapy_runner.py, the ``dadapy`` environment, built on first use):
+its seconds and peak MiB are measured inside that worker process around the DADApy call only.
 
     python benchmarks/bench_intrinsic_dimension.py [--sizes 2000 10000]
 """
@@ -14,16 +16,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the repository root, for anchors/
 import skdim
-from dadapy import Data
-from harness import embeddings, measure, row, sizes_main
+from harness import embeddings, external, measure, row, sizes_main
 
+from anchors.dadapy_runner import timed, twonn_call
 from jaxalign.metrics.intrinsic_dimension import mle_id, twonn
 from jaxalign.neighbors import knn
-
-
-def _dadapy_twonn(x):
-    return Data(x, verbose=False).compute_id_2NN(algorithm="base", mu_fraction=0.9)[0]
 
 
 def _skdim_mle(x):
@@ -44,7 +43,7 @@ def run(sizes: tuple[int, ...] = (2000, 10000), repeat: int = 2) -> list[str]:
             row(
                 "TwoNN (base, mu_fraction 0.9) vs DADApy compute_id_2NN",
                 n,
-                measure(lambda x=x: _dadapy_twonn(x), warmup=False),
+                external(*timed(twonn_call(x, algorithm="base", mu_fraction=0.9))),
                 measure(lambda x=x: twonn(x), repeat=repeat),
             )
         )

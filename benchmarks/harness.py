@@ -3,7 +3,9 @@
 ``measure(fn, ...)`` runs ``fn`` once to warm up (JAX compiles there; reported as ``first_s``), then ``repeat`` more
 times, and samples the process RSS every 2 ms on a thread to report the peak RSS *above the level before the call*
 (XLA buffers are invisible to tracemalloc, so RSS is the honest measure). Anchors and jaxalign run in the same
-process on the same arrays. Results print as one table row per comparison.
+process on the same arrays, except anchors that need their own interpreter (DADApy: ``anchors/dadapy_runner.py``),
+which their worker process times the same way around the anchor call only; :func:`external` takes those numbers.
+Results print as one table row per comparison.
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def measure(fn: Callable[[], Any], *, repeat: int = 1, warmup: bool = True) -> M
         times.append(t)
         mem = max(mem, m)
     return Measurement(min(times), first, mem, out)
+
+
+def external(value: Any, seconds: float, peak_mib: float) -> Measurement:
+    """A measurement taken in another process (an anchor under its own interpreter): one cold call, reported as
+    ``measure(fn, warmup=False)`` reports an in-process one."""
+    return Measurement(seconds, seconds, peak_mib, value)
 
 
 def row(name: str, n: int, anchor: Measurement | None, ours: Measurement) -> str:

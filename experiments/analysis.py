@@ -24,6 +24,7 @@ import numpy as np
 
 from experiments.cache import Checkpoint, content_key, read_json, read_npz, write_json, write_npz
 from experiments.features import Aligned, compact, compact_width, preprocess
+from experiments.watchdog import beat
 
 __all__ = [
     "Context",
@@ -154,6 +155,7 @@ class Context:
                     ck.put(item, _plain(thunk()))
                     entry["computed"] += 1
                     bar.update(1)
+                    beat()
                     self.tick()
             finally:
                 bar.close()
@@ -240,6 +242,7 @@ def _graphs(ctx: Context, entry: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
             z = {"ip_i": gi.indices, "ip_v": gi.values, "eu_i": ge.indices, "eu_v": ge.values}
             write_npz(path, z)
             entry["computed"] += 1
+            beat()
         out[model] = (
             NeighborGraph(z["ip_i"], z["ip_v"], "ip", True),
             NeighborGraph(z["eu_i"], z["eu_v"], "euclidean", True),
@@ -602,6 +605,7 @@ def structure_maps(ctx: Context, target: np.ndarray | None, entry: dict[str, Any
         fit = pcovr(x, y.astype(np.float32), alpha=alpha, n_components=2)
         out[m] = np.asarray(fit.transform(x))
         entry["computed"] += 1
+        beat()
     write_npz(path, out)
     return out
 
@@ -631,5 +635,6 @@ def umap_maps(ctx: Context, entry: dict[str, Any]) -> dict[str, np.ndarray]:
         reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, random_state=0)
         out[m] = np.asarray(reducer.fit_transform(ctx.features(m)), dtype=np.float32)
         entry["computed"] += 1
+        beat()
     write_npz(path, out)
     return out

@@ -164,8 +164,7 @@ class StageLog:
             entry["seconds"] = round(time.perf_counter() - start, 3)
             entry.setdefault("status", "done")
         self.stages.append(entry)
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(entry, default=_json_default) + "\n")
+        self.append(entry)
         if self.echo:
             import sys
 
@@ -175,3 +174,8 @@ class StageLog:
                 file=sys.stderr,
                 flush=True,
             )
+
+    def append(self, entry: Mapping[str, Any]) -> None:
+        """Append one entry to ``stage_log.jsonl`` (finished stages, and a stage the watchdog stopped)."""
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(entry, default=_json_default) + "\n")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from experiments.cache import atomic_write_bytes, content_key, read_json, write_json
+from experiments.watchdog import beat
 
 __all__ = ["FORMATS", "DatasetError", "DatasetStage", "prepare_dataset", "read_records", "records_digest"]
 
@@ -103,6 +104,7 @@ def read_records(cfg: Mapping[str, Any]) -> list[Any]:
     records: list[Any] = []
     for f in _files(path, fmt):
         records.extend(load_dataset(f"{fmt}:{f}", **options))
+        beat()
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
         dup = next(i for i, c in collections.Counter(ids).items() if c > 1)

@@ -23,6 +23,7 @@ from typing import Any
 from experiments.cache import content_key, read_json, write_json
 from experiments.data import DatasetStage
 from experiments.extract import ALL_FAILED
+from experiments.watchdog import beat, child
 
 __all__ = ["ExtractionError", "ModelRun", "check_models", "extract_models"]
 
@@ -96,9 +97,11 @@ def _key(spec: Any, dataset: DatasetStage, layer: str, options: Mapping[str, Any
 
 
 def _pump(stream: Any, sink: Any, tail: collections.deque) -> None:
-    """Copy a child's stderr to ours as it comes (progress bars stay live) and keep its last lines."""
+    """Copy a child's stderr to ours as it comes (progress bars stay live) and keep its last lines; the child's output
+    is the watchdog's heartbeat."""
     buf = b""
     for chunk in iter(lambda: stream.read1(4096), b""):
+        beat()
         if sink is not None:
             sink.write(chunk)
             sink.flush()
@@ -157,11 +160,12 @@ def _run_one(
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tail: collections.deque = collections.deque(maxlen=25)
     sink = getattr(sys.stderr, "buffer", None) if progress else None
-    pump = threading.Thread(target=_pump, args=(proc.stderr, sink, tail), daemon=True)
-    pump.start()
-    stdout = proc.stdout.read()
-    proc.wait()
-    pump.join()
+    with child(proc.pid):  # the watchdog counts its CPU time and kills it if the stage stalls
+        pump = threading.Thread(target=_pump, args=(proc.stderr, sink, tail), daemon=True)
+        pump.start()
+        stdout = proc.stdout.read()
+        proc.wait()
+        pump.join()
     wall = time.perf_counter() - start
     text = "\n".join(line.decode(errors="replace") for line in tail)
     if proc.returncode != 0:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments.watchdog import beat
+
 __all__ = ["Figure", "draw_figures", "figure_plan", "representative_pairs"]
 
 BASELINE_FAMILY = "baseline"
@@ -380,6 +382,7 @@ def draw_figures(plan: Sequence[Figure], out_dir: str | Path, *, progress: bool 
     out_dir = Path(out_dir)
     done = []
     for fig_spec in tqdm(plan, desc="figures", disable=not progress, file=sys.stderr, leave=False):
+        beat()
         fig = fig_spec.draw()
         fig = getattr(fig, "figure", fig)
         save_figure(fig, out_dir / fig_spec.stem)

@@ -6,16 +6,22 @@ its result from the cache when its content key matches (see :mod:`experiments.ca
 nothing and a killed run resumes; each stage prints one summary line and appends it to ``stage_log.jsonl``. The run
 directory receives ``results/`` (matrices as ``.npz`` and ``.csv``, ``results.json``), ``figures/`` (PNG + SVG),
 ``report.md`` and ``report.html``.
+
+Every stage runs under the watchdog (:mod:`experiments.watchdog`, config ``watchdog``): a stage that makes no
+progress for ``watchdog.stall_s`` seconds ends the run with one ``error: stage ...`` line and exit code 2, and is
+recorded in ``stage_log.jsonl`` with status ``stalled``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,7 @@ from experiments.cache import StageLog, content_key, read_json, write_json, writ
 from experiments.data import prepare_dataset
 from experiments.extraction import extract_models
 from experiments.features import align_models
+from experiments.watchdog import Watchdog, WatchdogConfig
 
 __all__ = ["run_pipeline"]
 
@@ -152,6 +159,18 @@ def _cached_json(ctx: analysis.Context, name: str, params: Any, compute: Any, en
     return read_json(path)  # the same representation as a cached run gets
 
 
+@contextlib.contextmanager
+def _stage(log: StageLog, dog: Watchdog, name: str) -> Iterator[dict[str, Any]]:
+    """``log.stage(name)`` under the watchdog; a stage it stops is appended to the log with status ``stalled``."""
+    with log.stage(name) as entry:
+
+        def stalled(message: str, seconds: float) -> None:
+            log.append({**entry, "summary": message, "seconds": round(seconds, 3), "status": "stalled"})
+
+        with dog.watch(name, stalled):
+            yield entry
+
+
 def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = "") -> dict[str, Any]:
     """Run every stage for the resolved configuration ``cfg`` and write the results into ``run_dir``."""
     run_dir = Path(run_dir)
@@ -162,10 +181,12 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
     debug = dict(cfg.get("debug") or {})
     _setup_jax(cache_dir, cfg)
     log = StageLog(run_dir / "stage_log.jsonl")
+    dog = Watchdog(WatchdogConfig.from_mapping(cfg.get("watchdog")), dump_path=run_dir / "watchdog_stacks.txt")
+    stage = functools.partial(_stage, log, dog)
     started = datetime.datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
 
-    with log.stage("dataset") as e:
+    with stage("dataset") as e:
         ds, cached = prepare_dataset(cfg["dataset"], cache_dir)
         e["cached" if cached else "computed"] += 1
         s = ds.summary
@@ -174,7 +195,7 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
             f"molecules, {s['n_periodic']} periodic, {s['atoms_total']} atoms)"
         )
 
-    with log.stage("extraction") as e:
+    with stage("extraction") as e:
         runs = extract_models(ds, cfg["models"], cache_dir, cfg.get("extraction") or {}, progress=progress)
         for r in runs:
             e["cached" if r.cached else "computed"] += 1
@@ -188,14 +209,14 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         aligned, acfg, cache_dir / "analysis", progress=progress, fail_after=debug.get("fail_after_items")
     )
 
-    with log.stage("matrices") as e:
+    with stage("matrices") as e:
         mats = analysis.alignment_matrices(ctx, e)
         e["summary"] = f"N = {aligned.n} common structures; " + e["summary"]
-    with log.stage("intrinsic_dimension") as e:
+    with stage("intrinsic_dimension") as e:
         ids = analysis.intrinsic_dimensions(ctx, e)
-    with log.stage("reconstruction") as e:
+    with stage("reconstruction") as e:
         rec = analysis.reconstruction(ctx, e)
-    with log.stage("energy") as e:
+    with stage("energy") as e:
         energy = _cached_json(
             ctx,
             "energy",
@@ -212,7 +233,7 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
             e["summary"] += f"({mae[best]:.1f} meV/atom)"
         else:
             e["summary"] = f"skipped: {energy.get('note')}"
-    with log.stage("maps") as e:
+    with stage("maps") as e:
         maps = analysis.structure_maps(ctx, energy.get("target"), e)
         umap = analysis.umap_maps(ctx, e)
         if umap:
@@ -236,7 +257,7 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
     results["checks"] = report.qualitative_checks(results)
     _save_results(run_dir, results)
 
-    with log.stage("figures") as e:
+    with stage("figures") as e:
         sources = [*(REPO / "jaxalign" / "plots").glob("*.py"), REPO / "experiments" / "figures.py"]
         fkey = content_key("figures", {"results": _digest(results), "code": _source_digest(sources)})
         fdir = cache_dir / "figures" / fkey
@@ -254,7 +275,7 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         shutil.copytree(fdir, run_dir / "figures", dirs_exist_ok=True)
         e["summary"] = f"{len(drawn)} figures (PNG + SVG) in {run_dir / 'figures'}"
 
-    with log.stage("report") as e:
+    with stage("report") as e:
         import yaml
 
         notes = [

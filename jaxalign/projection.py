@@ -29,6 +29,7 @@ import jax.scipy.linalg as jsl
 import numpy as np
 
 from jaxalign._checks import as_features, check_same_n
+from jaxalign._lapack import after
 
 __all__ = ["PCovR", "pcovr"]
 
@@ -97,7 +98,7 @@ def _pcovr_core(
     yhat = x @ w
     if space == "feature":
         xtx = x.T @ x
-        c_vals, c_vecs = jnp.linalg.eigh(xtx)
+        c_vals, c_vecs = jnp.linalg.eigh(after(xtx, w))  # after the ridge solve: one LAPACK call at a time
         keep = c_vals > tol
         inv_root = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, c_vals, 1.0)), 0.0)
         c_isqrt = (c_vecs * inv_root) @ c_vecs.T

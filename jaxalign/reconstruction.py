@@ -27,6 +27,7 @@ rank-deficient neighbourhood (k centred points in d ≥ k dimensions) and drifts
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -36,6 +37,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxalign._checks import as_features, check_same_n, is_concrete, non_finite_rows, raise_non_finite
+from jaxalign._lapack import map_fits, shares_cpu_pool
+from jaxalign.cpu import limit_lapack_threads
 from jaxalign.neighbors import neighbor_graph
 from jaxalign.preprocessing import center_scale_total_variance
 from jaxalign.ridge import DEFAULT_ALPHAS, SEED, check_alphas, fit_predict_ridge2fold, fit_ridge2fold
@@ -278,8 +281,11 @@ for _fn in (pointwise_gfre, gfre, pointwise_gfrd, gfrd):
 # local measure
 
 
-def _lfre_tile(rows, x_train, y_train, x_test, y_test, neighbours, alphas, *, random_state: int, shuffle: bool):
-    """Pointwise LFRE of the test points ``rows``: one vmapped local ridge fit per point on its train neighbours."""
+def _lfre_tile(
+    rows, x_train, y_train, x_test, y_test, neighbours, alphas, *, random_state: int, shuffle: bool, mesh: Mesh | None
+):
+    """Pointwise LFRE of the test points ``rows``: one local ridge fit per point on its train neighbours, batched
+    (:func:`~jaxalign._lapack.map_fits`: vmapped, or one at a time per device on a multi-device CPU mesh)."""
     query, neighbours = x_test[rows], neighbours[rows]
 
     def one(xq: jax.Array, yq: jax.Array, nb: jax.Array) -> jax.Array:
@@ -290,7 +296,7 @@ def _lfre_tile(rows, x_train, y_train, x_test, y_test, neighbours, alphas, *, ra
         )
         return _row_norm(yq - (y_mean + pred))
 
-    return jax.vmap(one)(query, y_test[rows], neighbours)
+    return map_fits(one, query, y_test[rows], neighbours, mesh=mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "random_state", "shuffle", "tile", "mesh"))
@@ -300,7 +306,7 @@ def _pointwise_lfre(
     x_train, x_test = _scaled_split(x, train, test)
     y_train, y_test = _scaled_split(y, train, test)
     graph = neighbor_graph(x_test, x_train, k=k, metric="euclidean", exclude_self=False, mesh=mesh)
-    fn = functools.partial(_lfre_tile, random_state=random_state, shuffle=shuffle)
+    fn = functools.partial(_lfre_tile, random_state=random_state, shuffle=shuffle, mesh=mesh)
     return map_row_tiles(
         fn, test.shape[0], x_train, y_train, x_test, y_test, graph.indices, alphas, tile=tile, mesh=mesh
     )
@@ -336,18 +342,22 @@ def pointwise_lfre(
         # one local fit per row: its neighbours' x and y, and the (d_x, k + 1) matrix of its row-space QR
         width = k * (2 * x.shape[1] + y.shape[1]) + x.shape[1]
         tile = default_tile(n_test, width, TILE_BUDGET)
-    return _pointwise_lfre(
-        x,
-        y,
-        train,
-        test,
-        alphas,
-        k=int(k),
-        random_state=int(random_state),
-        shuffle=bool(shuffle),
-        tile=int(tile),
-        mesh=resolve_mesh(mesh),
-    )
+    mesh = resolve_mesh(mesh)
+    # Several CPU devices run their fits one at a time each (map_fits); the LAPACK library's own threads would only
+    # busy-wait against them (measured 7-30x slower on 2 cores), so it runs on one thread for the call.
+    with limit_lapack_threads() if shares_cpu_pool(mesh) else contextlib.nullcontext():
+        return _pointwise_lfre(
+            x,
+            y,
+            train,
+            test,
+            alphas,
+            k=int(k),
+            random_state=int(random_state),
+            shuffle=bool(shuffle),
+            tile=int(tile),
+            mesh=mesh,
+        ).block_until_ready()
 
 
 def lfre(

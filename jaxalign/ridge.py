@@ -40,6 +40,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from jaxalign._checks import as_features, check_same_n
+from jaxalign._lapack import after
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -128,16 +129,19 @@ def _thin_svd(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
     Backward stable like a direct SVD, and ~2x faster on CPU for the small wide matrices of local fits
     (LAPACK's divide-and-conquer driver only pre-reduces strongly rectangular inputs).
+
+    Its two LAPACK calls run one after the other (:func:`~jaxalign._lapack.after`): the SVD of R waits for the
+    ``orgqr`` forming Q, so a batched call cannot deadlock.
     """
     m, n = a.shape
     if m == n:
         return jnp.linalg.svd(a, full_matrices=False)
     if m < n:  # a = Rᵀ Qᵀ with aᵀ = Q R
         q, r = jnp.linalg.qr(a.T)
-        u, s, wt = jnp.linalg.svd(r.T, full_matrices=False)
+        u, s, wt = jnp.linalg.svd(after(r.T, q), full_matrices=False)
         return u, s, wt @ q.T
     q, r = jnp.linalg.qr(a)  # a = Q R
-    u, s, vt = jnp.linalg.svd(r, full_matrices=False)
+    u, s, vt = jnp.linalg.svd(after(r, q), full_matrices=False)
     return q @ u, s, vt
 
 
@@ -173,17 +177,20 @@ def _moments(x: jax.Array, y: jax.Array) -> _Moments:
     return _Moments(jnp.linalg.qr(x, mode="r"), x.T @ y, jnp.sum(y * y, axis=0))
 
 
-def _merge(a: _Moments, b: _Moments) -> _Moments:
-    """Moments of the stacked rows: the QR of [R_a; R_b] is that of [X_a; X_b]; XᵀY and ‖Y‖² add."""
-    return _Moments(jnp.linalg.qr(jnp.concatenate([a.r, b.r]), mode="r"), a.xty + b.xty, a.yty + b.yty)
+def _merge(a: _Moments, b: _Moments, *, wait: jax.Array) -> _Moments:
+    """Moments of the stacked rows: the QR of [R_a; R_b] is that of [X_a; X_b]; XᵀY and ‖Y‖² add. The QR starts
+    after ``wait`` (the previous factorisation's output) exists."""
+    stacked = after(jnp.concatenate([a.r, b.r]), wait)
+    return _Moments(jnp.linalg.qr(stacked, mode="r"), a.xty + b.xty, a.yty + b.yty)
 
 
-def _spectral_fit(m: _Moments) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(s, Vᵀ, Vᵀ XᵀY) of a tall block from the SVD of its R factor (the singular values and right vectors of X).
+def _spectral_fit(m: _Moments, *, wait: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(s, Vᵀ, Vᵀ XᵀY) of a tall block from the SVD of its R factor (the singular values and right vectors of X),
+    started after ``wait`` exists.
 
     The coefficients of the fit along v_j are u_jᵀ Y / s_j = v_jᵀ XᵀY / s_j², so U (n rows) is never formed.
     """
-    _, s, vt = jnp.linalg.svd(m.r, full_matrices=False)
+    _, s, vt = jnp.linalg.svd(after(m.r, wait), full_matrices=False)
     return s, vt, vt @ m.xty
 
 
@@ -195,22 +202,26 @@ def _cv_scores(x: jax.Array, y: jax.Array, alphas: jax.Array, *, random_state: i
     rows, each fold is reduced once to its :class:`_Moments` (an R-only Householder QR of the fold and two Gram
     products): the fold SVDs are SVDs of R_f, the scoring needs only Gram products, and the merged moments are the
     full fit's, so no factorisation touches the n rows twice. Otherwise (wide folds, as in LFRE's neighbourhoods) the
-    folds' thin SVDs are used directly.
+    folds' thin SVDs are used directly. Each factorisation waits for the previous one's output (one LAPACK call at a
+    time, see :mod:`jaxalign._lapack`).
     """
     fold1, fold2 = kfold_halves(x.shape[0], random_state=random_state, shuffle=shuffle)
     x1, x2, y1, y2 = x[fold1], x[fold2], y[fold1], y[fold2]
     rcond = max(x.shape[0], width) * jnp.finfo(x.dtype).eps
     if min(fold1.size, fold2.size) >= x.shape[1]:
-        m1, m2 = _moments(x1, y1), _moments(x2, y2)
-        (s1, vt1, c1), (s2, vt2, c2) = _spectral_fit(m1), _spectral_fit(m2)
+        m1 = _moments(x1, y1)
+        m2 = _moments(after(x2, m1.r), y2)
+        s1, vt1, c1 = _spectral_fit(m1, wait=m2.r)
+        s2, vt2, c2 = _spectral_fit(m2, wait=s1)
         w1 = (_inverse(s1, s1 > rcond) ** 2)[:, None] * c1
         w2 = (_inverse(s2, s2 > rcond) ** 2)[:, None] * c2
         # fold 1's fit scored on fold 2 (P = R_2 V_1, b = V_1ᵀ X_2ᵀ Y_2), and fold 2's on fold 1
         err_2 = _prefix_sq_errors(m2.r @ vt1.T, vt1 @ m2.xty, w1, m2.yty)
         err_1 = _prefix_sq_errors(m1.r @ vt2.T, vt2 @ m1.xty, w2, m1.yty)
-        train = _merge(m1, m2)
+        train = _merge(m1, m2, wait=s2)
     else:
-        (u1, s1, vt1), (u2, s2, vt2) = _thin_svd(x1), _thin_svd(x2)
+        u1, s1, vt1 = _thin_svd(x1)
+        u2, s2, vt2 = _thin_svd(after(x2, s1))
         p2, p1 = x2 @ vt1.T, x1 @ vt2.T
         w1 = _inverse(s1, s1 > rcond)[:, None] * (u1.T @ y1)
         w2 = _inverse(s2, s2 > rcond)[:, None] * (u2.T @ y2)
@@ -235,16 +246,16 @@ def _tall_weights(train: _Moments, cutoff: jax.Array, floor_scale: jax.Array) ->
     """
     s = jnp.linalg.svd(train.r, compute_uv=False)
     floor = floor_scale * s[0]
-
-    def least_squares(_):
-        z = solve_triangular(train.r, train.xty, trans="T", lower=False)
-        return solve_triangular(train.r, z, lower=False)
+    # The two solves are cheap (d_x² d_y) and come first, so that under vmap (where lax.cond evaluates both
+    # branches) the truncated branch's SVD still waits for them: one LAPACK call at a time.
+    z = solve_triangular(after(train.r, s), train.xty, trans="T", lower=False)
+    least_squares = solve_triangular(train.r, z, lower=False)
 
     def truncated(_):
-        s, vt, c = _spectral_fit(train)
+        s, vt, c = _spectral_fit(train, wait=least_squares)
         return vt.T @ ((_inverse(s, (s > cutoff) & (s > floor)) ** 2)[:, None] * c)
 
-    return jax.lax.cond(s[-1] > jnp.maximum(cutoff, floor), least_squares, truncated, None)
+    return jax.lax.cond(s[-1] > jnp.maximum(cutoff, floor), lambda _: least_squares, truncated, None)
 
 
 def _final_factors(
@@ -264,7 +275,7 @@ def _final_factors(
     floor_scale = max(x.shape[0], width) * jnp.finfo(x.dtype).eps
     if train is not None:
         return None, _tall_weights(train, cutoff, floor_scale), cutoff, best, scores
-    u, s, vt = _thin_svd(x)
+    u, s, vt = _thin_svd(after(x, cutoff))  # after the fold factorisations
     coef = _inverse(s, (s > cutoff) & (s > floor_scale * s[0]))[:, None] * (u.T @ y)
     return vt, coef, cutoff, best, scores
 
@@ -303,7 +314,7 @@ def fit_predict_ridge2fold(
     n, width = x.shape
     rows = query.reshape(-1, width)  # a single (d_x,) query is one row
     if n + rows.shape[0] < width:
-        r = jnp.linalg.qr(jnp.concatenate([x, rows]).T, mode="r")
+        r = jnp.linalg.qr(jnp.concatenate([x, rows]).T, mode="r")  # every later factorisation depends on it
         x, rows = r[:, :n].T, r[:, n:].T
     vt, coef, *_ = _final_factors(x, y, alphas, random_state=random_state, shuffle=shuffle, width=width)
     projected = rows if vt is None else rows @ vt.T

@@ -1,4 +1,9 @@
-"""Information imbalance against DADApy 0.3.4's exact values and a dense numpy definition."""
+"""Information imbalance against DADApy 0.3.4's exact values and a dense numpy definition.
+
+DADApy needs numpy<2 and jax 0.4.30, so it runs in its own interpreter (anchors.dadapy_runner; the ``dadapy``
+environment of extractors.envs is built on first use): the session-scoped ``dadapy_imbalance`` fixture computes
+every live DADApy value below in one batch.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
 
+from anchors.dadapy_runner import information_imbalance_call, run_calls
 from jaxalign.metrics.information_imbalance import COUNT_UP_TO_K, _information_imbalance, information_imbalance
 from jaxalign.neighbors import knn
 
 RTOL = 1e-6
 N = 80
+#: (seed, k) pairs compared with live DADApy: k = 1, a small k and one past COUNT_UP_TO_K (the searched ranks).
+DIRECT = [(seed, k) for seed in (0, 1) for k in (1, 5, COUNT_UP_TO_K + 3)]
 
 
 def _dense_ii(a: np.ndarray, b: np.ndarray, k: int) -> float:
@@ -32,6 +40,30 @@ def _pair(seed: int, n: int = N) -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(size=(n, 3))
     y = np.sin(2 * x[:, :2]) + 0.3 * rng.normal(size=(n, 2))
     return x, y
+
+
+@pytest.fixture(scope="session")
+def dadapy_imbalance(inputs) -> dict[tuple, np.ndarray]:
+    """DADApy's exact [Δ(X→Y), Δ(Y→X)], run for real in the dadapy environment (one worker process), keyed
+    (input name, k): the reference cases at k ∈ {1, 10} and the DIRECT pairs."""
+    named = {(case, k): (inputs[f"{case}_X"], inputs[f"{case}_Y"]) for case in CASES for k in (1, 10)}
+    named |= {(f"seed{seed}", k): _pair(seed) for seed, k in DIRECT}
+    results = run_calls([information_imbalance_call(x, y, k) for (_, k), (x, y) in named.items()])
+    return {key: np.asarray(result.value) for key, result in zip(named, results, strict=True)}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_dadapy_environment_reproduces_reference(expected_pypi, dadapy_imbalance, case):
+    """DADApy in its own environment gives the stored reference values (the anchor still is the anchor)."""
+    for k in (1, 10):
+        want = expected_pypi[case][f"dadapy.information_imbalance exact k={k} [X->Y, Y->X]"]
+        np.testing.assert_allclose(dadapy_imbalance[case, k], want, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("seed", "k"), DIRECT)
+def test_matches_dadapy_directly(dadapy_imbalance, seed, k):
+    x, y = _pair(seed)
+    np.testing.assert_allclose(information_imbalance(x, y, k=k), dadapy_imbalance[f"seed{seed}", k], rtol=RTOL)
 
 
 @pytest.mark.parametrize("case", CASES)

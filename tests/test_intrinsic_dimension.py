@@ -1,4 +1,9 @@
-"""TwoNN and Levina–Bickel MLE intrinsic dimension against DADApy 0.3.4 and scikit-dimension 0.5.0."""
+"""TwoNN and Levina–Bickel MLE intrinsic dimension against DADApy 0.3.4 and scikit-dimension 0.5.0.
+
+DADApy needs numpy<2 and jax 0.4.30, so it runs in its own interpreter (anchors.dadapy_runner; the ``dadapy``
+environment of extractors.envs is built on first use): every DADApy value the tests below compare with is computed
+in one batch by the session-scoped ``dadapy_twonn`` fixture.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,15 @@ from conftest import CASES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from anchors.dadapy_runner import run_calls, twonn_call
 from jaxalign.metrics.intrinsic_dimension import distinct_neighbor_distances, mle_id, twonn
 from jaxalign.neighbors import knn
 
 SIDES = ("X", "Y")
+ALGORITHMS = ("base", "ml")
+#: The (algorithm, mu_fraction) pairs compared with DADApy directly, on each seed's input.
+DIRECT = (("base", 0.9), ("base", 0.5), ("base", 0.77), ("ml", 0.9))
+DIRECT_SEEDS = (0, 1, 2)
 
 
 def _twonn_key(side: str, algorithm: str) -> str:
@@ -25,12 +35,6 @@ def _twonn_key(side: str, algorithm: str) -> str:
 
 def _mle_key(side: str, comb: str) -> str:
     return f"skdim.MLE[{side}] (n_neighbors=20, comb={comb})"
-
-
-def _dadapy_twonn(x: np.ndarray, algorithm: str = "base", mu_fraction: float = 0.9) -> float:
-    from dadapy import Data
-
-    return Data(np.asarray(x, float), verbose=False).compute_id_2NN(algorithm=algorithm, mu_fraction=mu_fraction)[0]
 
 
 def _skdim_mle(x: np.ndarray, k: int = 20, comb: str = "mle", unbiased: bool = False) -> float:
@@ -45,6 +49,15 @@ def _subspace(rng: np.random.Generator, n: int, d: int, big_d: int) -> np.ndarra
     return rng.normal(size=(n, d)) @ basis.T + rng.normal(size=big_d)
 
 
+def _direct_input(seed: int) -> np.ndarray:
+    """The input of test_matches_dadapy_and_skdim_directly for ``seed``: a bent (2 + 2·seed)-d subspace of R^12."""
+    return np.tanh(_subspace(np.random.default_rng(seed), 150, 2 + 2 * seed, 12))
+
+
+def _mu_one_input() -> np.ndarray:
+    return _subspace(np.random.default_rng(3), 100, 2, 5)
+
+
 def _with_duplicates(seed: int, n: int = 120, d: int = 4) -> np.ndarray:
     """Distinct points plus copies: pairs, triples and one group of 7, shuffled, so copies are others' neighbours."""
     rng = np.random.default_rng(seed)
@@ -55,6 +68,21 @@ def _with_duplicates(seed: int, n: int = 120, d: int = 4) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Anchors
+
+
+@pytest.fixture(scope="session")
+def dadapy_twonn(inputs) -> dict[tuple, float]:
+    """DADApy's compute_id_2NN, run for real in the dadapy environment (one worker process), on every input the
+    tests compare with, keyed (input name, algorithm, mu_fraction): the reference cases' sides, each direct seed and
+    the mu_fraction = 1 input."""
+    named = {
+        f"{case}_{side}": (inputs[f"{case}_{side}"], [(a, 0.9) for a in ALGORITHMS]) for case in CASES for side in SIDES
+    }
+    named |= {f"seed{seed}": (_direct_input(seed), DIRECT) for seed in DIRECT_SEEDS}
+    named["mu_one"] = (_mu_one_input(), [("base", 1.0)])
+    keys = [(name, algorithm, mu) for name, (_, pairs) in named.items() for algorithm, mu in pairs]
+    results = run_calls([twonn_call(named[name][0], algorithm, mu) for name, algorithm, mu in keys])
+    return {key: result.value for key, result in zip(keys, results, strict=True)}
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +97,22 @@ def graphs(inputs):
     return out
 
 
-@pytest.mark.parametrize("algorithm", ["base", "ml"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("case", CASES)
 def test_twonn_matches_dadapy_anchor(inputs, expected_pypi, graphs, case, side, algorithm):
     got = twonn(inputs[f"{case}_{side}"], algorithm=algorithm, graph=graphs[case, side, np.float64])
     assert got.dtype == jnp.float64 and got.shape == ()
     np.testing.assert_allclose(float(got), expected_pypi[case][_twonn_key(side, algorithm)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("case", CASES)
+def test_dadapy_environment_reproduces_reference(expected_pypi, dadapy_twonn, case, algorithm):
+    """DADApy in its own environment gives the stored reference values (the anchor still is the anchor)."""
+    for side in SIDES:
+        want = expected_pypi[case][_twonn_key(side, algorithm)]
+        np.testing.assert_allclose(dadapy_twonn[f"{case}_{side}", algorithm, 0.9], want, rtol=1e-10)
 
 
 @pytest.mark.parametrize("comb", ["mle", "mean"])
@@ -110,27 +147,26 @@ def test_float32_features_stay_float32(inputs):
         np.testing.assert_allclose(float(got), float(fn(x)), rtol=1e-4)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_dadapy_and_skdim_directly(seed):
-    rng = np.random.default_rng(seed)
-    x = np.tanh(_subspace(rng, 150, 2 + 2 * seed, 12))
+@pytest.mark.parametrize("seed", DIRECT_SEEDS)
+def test_matches_dadapy_and_skdim_directly(dadapy_twonn, seed):
+    x = _direct_input(seed)
     graph = knn(x, 12, metric="euclidean")
-    for algorithm, mu_fraction in [("base", 0.9), ("base", 0.5), ("base", 0.77), ("ml", 0.9)]:
-        want = _dadapy_twonn(x, algorithm, mu_fraction)
+    for algorithm, mu_fraction in DIRECT:
+        want = dadapy_twonn[f"seed{seed}", algorithm, mu_fraction]
         got = twonn(None, algorithm=algorithm, mu_fraction=mu_fraction, graph=graph)
         np.testing.assert_allclose(float(got), want, rtol=1e-6)
     for k, comb, unbiased in [(5, "mle", False), (10, "mean", True), (12, "median", False), (3, "mle", True)]:
         want = _skdim_mle(x, k, comb, unbiased)
         got = mle_id(None, k=k, comb=comb, unbiased=unbiased, graph=graph)
         np.testing.assert_allclose(float(got), want, rtol=1e-10)
-    np.testing.assert_allclose(float(twonn(x)), _dadapy_twonn(x), rtol=1e-6)
+    np.testing.assert_allclose(float(twonn(x)), dadapy_twonn[f"seed{seed}", "base", 0.9], rtol=1e-6)
     np.testing.assert_allclose(float(mle_id(x, k=12, comb="median")), _skdim_mle(x, 12, "median"), rtol=1e-10)
 
 
-def test_mu_fraction_one_switches_to_ml_like_dadapy():
-    x = _subspace(np.random.default_rng(3), 100, 2, 5)
+def test_mu_fraction_one_switches_to_ml_like_dadapy(dadapy_twonn):
+    x = _mu_one_input()
     np.testing.assert_allclose(float(twonn(x, mu_fraction=1.0)), float(twonn(x, algorithm="ml")), rtol=1e-12)
-    np.testing.assert_allclose(float(twonn(x, mu_fraction=1.0)), _dadapy_twonn(x, "base", 1.0), rtol=1e-10)
+    np.testing.assert_allclose(float(twonn(x, mu_fraction=1.0)), dadapy_twonn["mu_one", "base", 1.0], rtol=1e-10)
 
 
 # --------------------------------------------------------------------------------------------------------------------

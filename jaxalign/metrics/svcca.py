@@ -22,22 +22,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign._checks import as_features, check_same_n, is_concrete
+from jaxalign._lapack import after
 
 __all__ = ["svcca"]
 
 
-def _top_left_singular_vectors(x: jax.Array, q: int) -> tuple[jax.Array, jax.Array]:
-    """Top-q left singular vectors of the centred, column-standardised ``x`` and its singular values."""
+def _top_left_singular_vectors(x: jax.Array, q: int, *, wait: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Top-q left singular vectors of the centred, column-standardised ``x`` and its singular values; the SVD starts
+    after ``wait`` exists (one LAPACK call at a time under vmap, see :mod:`jaxalign._lapack`)."""
     x = x - x.mean(axis=0)
     x = x / (x.std(axis=0, ddof=1) + 1e-8)
-    u, s, _ = jnp.linalg.svd(x, full_matrices=False)
+    u, s, _ = jnp.linalg.svd(x if wait is None else after(x, wait), full_matrices=False)
     return u[:, :q], s
 
 
 @functools.partial(jax.jit, static_argnames=("q",))
 def _svcca(x: jax.Array, y: jax.Array, *, q: int) -> tuple[jax.Array, jax.Array]:
     ux, sx = _top_left_singular_vectors(x, q)
-    uy, sy = _top_left_singular_vectors(y, q)
+    uy, sy = _top_left_singular_vectors(y, q, wait=ux)
     rho = jnp.linalg.svd(ux.T @ uy, compute_uv=False)
     # Smallest kept singular value relative to the largest: ~eps means U holds arbitrary null-space directions.
     conditioning = jnp.stack([sx[q - 1] / sx[0], sy[q - 1] / sy[0]])
