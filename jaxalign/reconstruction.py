@@ -27,7 +27,6 @@ rank-deficient neighbourhood (k centred points in d ≥ k dimensions) and drifts
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Any
 
@@ -343,21 +342,15 @@ def pointwise_lfre(
         width = k * (2 * x.shape[1] + y.shape[1]) + x.shape[1]
         tile = default_tile(n_test, width, TILE_BUDGET)
     mesh = resolve_mesh(mesh)
+    run = functools.partial(
+        _pointwise_lfre, k=int(k), random_state=int(random_state), shuffle=bool(shuffle), tile=int(tile), mesh=mesh
+    )
+    if not shares_cpu_pool(mesh) or not is_concrete(x):
+        return run(x, y, train, test, alphas)
     # Several CPU devices run their fits one at a time each (map_fits); the LAPACK library's own threads would only
-    # busy-wait against them (measured 7-30x slower on 2 cores), so it runs on one thread for the call.
-    with limit_lapack_threads() if shares_cpu_pool(mesh) else contextlib.nullcontext():
-        return _pointwise_lfre(
-            x,
-            y,
-            train,
-            test,
-            alphas,
-            k=int(k),
-            random_state=int(random_state),
-            shuffle=bool(shuffle),
-            tile=int(tile),
-            mesh=mesh,
-        ).block_until_ready()
+    # busy-wait against them (measured 7-30x slower on 2 cores), so it runs on one thread until the result exists.
+    with limit_lapack_threads():
+        return run(x, y, train, test, alphas).block_until_ready()
 
 
 def lfre(

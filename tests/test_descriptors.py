@@ -134,13 +134,14 @@ SIZES = st.lists(st.integers(1, 10), min_size=1, max_size=6)
 
 
 def test_prefix_property(ref_case):
-    """φ(M) is the prefix of φ(8) (checked for M = 1, 3, 7: each order is a separate compilation)."""
+    """φ(M) is the prefix of φ(8) (checked for M = 1, 3, 7: each order is a separate compilation, so XLA may fuse and
+    round the float64 sums apart by ~1e-13; not bit equality)."""
     x, sizes, _ = ref_case
     d = x.shape[1]
     full = np.asarray(cumulant_descriptors(x, sizes, order=8))
     for order in (1, 3, 7):
         prefix = np.asarray(cumulant_descriptors(x, sizes, order=order))
-        np.testing.assert_array_equal(full[:, : order * d], prefix)
+        np.testing.assert_allclose(full[:, : order * d], prefix, rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=8, deadline=None)
