@@ -10,9 +10,9 @@ into an embedding file.
 The families' packages pin conflicting dependencies, so they live in per-family environments
 (``python -m extractors.envs create FAMILY``). The ``test_inner_<family>_*`` tests run wherever the family's package
 is importable; in the main environment ``test_family_in_its_environment`` re-runs them under the family's
-interpreter, building MACE's environment when it is missing and skipping the others' (saying how to create them). This module imports only numpy,
-pytest, ase and extractors, so it runs under any family interpreter (with ``--noconftest``: tests/conftest.py needs
-jax).
+interpreter, building MACE's environment when it is missing and skipping the others' (saying how to create them).
+This module imports only numpy, pytest, ase and extractors, so it runs under any family interpreter (with
+``--noconftest``: tests/conftest.py needs jax).
 """
 
 from __future__ import annotations
