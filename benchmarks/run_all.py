@@ -2,7 +2,9 @@
 
     python benchmarks/run_all.py [--sizes 2000 10000] [--out benchmarks/results.md]
 
-Each comparison runs the anchor and jaxalign on the same data in one process (see harness.py); the paper-scale
+Each comparison runs the anchor and jaxalign on the same data in one process (see harness.py), except DADApy, which
+needs numpy<2 and runs in its own interpreter, timed inside it around the call (anchors/dadapy_runner.py); the
+paper-scale
 run (``paper_scale.py``) and the seed-003-scale LFRE are separate because they take minutes each.
 """
 
