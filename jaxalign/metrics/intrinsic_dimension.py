@@ -25,6 +25,17 @@ identical neighbours counts once, each group of identical rows contributes one p
 number of distinct rows. This is done by masking inside the jit-compiled core (pure; no boolean indexing), so it
 also runs under ``jax.jit``. It needs a graph wide enough to see past the copies; the eager wrapper widens the graph
 it builds (and warns with the counts), and under ``jit`` a too-narrow graph gives NaN rather than a wrong number.
+
+**Equal distances** (a lattice, or any data whose neighbours sit on shells of one radius) make the estimators
+undefined: TwoNN's μ = T_2/T_1 = 1 gives log μ = 0, so ``"base"`` fits 0/0 = NaN when at least the n_eff points of
+the fit have μ = 1 and ``"ml"`` gives (N − 1)/0 = inf when all do; MLE's per-point m_k = (k − 1)/0 is infinite when
+a point's k distances are equal (``"mean"``, and ``"median"`` when that is most points, give inf; ``"mle"`` only when
+every point is affected). Eagerly, such a non-finite estimate raises ``ValueError`` with the count of those points and
+the fix (MLE with a k spanning several neighbour shells; noise much smaller than the spacing is no fix, it only makes
+μ ≈ 1 and TwoNN huge); under ``jit`` the values cannot be inspected and the NaN/inf is returned.
+
+**Input kinds** follow :func:`jaxalign._checks.as_features`: integers through float64 to the working float, half
+precision as float32, complex refused.
 """
 
 from __future__ import annotations
@@ -154,8 +165,48 @@ def _mle_core(graph: NeighborGraph, *, k: int, comb: str, unbiased: bool, on_dup
     return jnp.where(invalid, jnp.nan, d).astype(dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("k", "on_duplicates"))
+def _equal_distance_count(graph: NeighborGraph, *, k: int, on_duplicates: str) -> jax.Array:
+    """Number of points used whose k nearest (distinct) neighbours are all equally far, T_k = T_1 (k = 2: μ = 1)."""
+    dist, keep, _, _ = _neighbour_distances(graph, k, on_duplicates)
+    return (keep & (dist[:, -1] == dist[:, 0])).sum()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Eager validation and graph preparation
+
+
+def _equal_distances_message(name: str, estimator: str, n_equal: int, n: int, k: int, value: float) -> str:
+    if estimator == "TwoNN":
+        return (
+            f"`{name}` has {n_equal} of {n} points whose first and second nearest neighbours are equally far "
+            f"(μ = T_2/T_1 = 1, as on a lattice or with duplicated spacings): the log μ TwoNN fits are all 0, so the "
+            f"TwoNN estimate is undefined (got {value}). TwoNN needs points in general position: for lattice-like data "
+            "use mle_id with a k that spans several neighbour shells (e.g. k=20), or perturb the points by noise "
+            "comparable to their spacing (small noise only makes every μ ≈ 1 and the estimate huge)."
+        )
+    return (
+        f"`{name}` has {n_equal} of {n} points whose k={k} nearest neighbours are all equally far (T_k = T_1, as on "
+        f"a lattice): their MLE (k-1)/Σ log(T_k/T_j) divides by 0, so the estimate is undefined (got {value}). "
+        "Raise `k` so that each neighbourhood spans several distances (e.g. k=20 on a square lattice), or use "
+        "comb='mle' (pooled; infinite only when every point is affected)."
+    )
+
+
+def _refuse_equal_distances(
+    value: jax.Array, graph: NeighborGraph, k: int, policy: str, name: str, estimator: str
+) -> jax.Array:
+    """``value``, or ``ValueError`` when it is a concrete NaN/inf caused by points whose k distances are all equal.
+
+    Under ``jit`` (traced ``value``) nothing can be inspected and ``value`` is returned as it is.
+    """
+    if not is_concrete(value) or bool(jnp.isfinite(value)):
+        return value
+    n_equal = int(_equal_distance_count(graph, k=k, on_duplicates=policy))
+    if n_equal:
+        n = int(_neighbour_distances(graph, k, policy)[2]) if policy == "drop" else graph.n
+        raise ValueError(_equal_distances_message(name, estimator, n_equal, n, k, float(value)))
+    return value
 
 
 def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
@@ -265,6 +316,12 @@ def twonn(
       graph: a precomputed ``knn(x, k >= 2, metric="euclidean")`` graph (one search serves TwoNN and MLE).
       tile, mesh: passed to :func:`jaxalign.knn` when a graph is built.
 
+    Raises:
+      ValueError: naming the argument, for bad input (complex, NaN/inf, too few distinct rows), duplicates with
+        ``on_duplicates="raise"``, and, eagerly, when μ = 1 for so many points (a lattice) that the estimate is
+        NaN (``"base"``: the n_eff smallest μ are all 1) or inf (``"ml"``: every μ is 1). Under ``jit`` those
+        cases return NaN/inf.
+
     Returns:
       The intrinsic dimension, a scalar in the dtype of the distances.
     """
@@ -278,7 +335,8 @@ def twonn(
     g, policy = _euclidean_graph(x, graph, 2, on_duplicates, tile, mesh, "TwoNN")
     if algorithm == "base" and int(g.n * mu_fraction) < 1:
         raise ValueError(f"`mu_fraction`={mu_fraction} keeps no point of N={g.n}; raise it (default 0.9).")
-    return _twonn_core(g, algorithm=algorithm, mu_fraction=mu_fraction, on_duplicates=policy)
+    value = _twonn_core(g, algorithm=algorithm, mu_fraction=mu_fraction, on_duplicates=policy)
+    return _refuse_equal_distances(value, g, 2, policy, "graph" if x is None else "x", "TwoNN")
 
 
 def mle_id(
@@ -308,8 +366,13 @@ def mle_id(
       graph: a precomputed ``knn(x, k' >= k, metric="euclidean")`` graph.
       tile, mesh: passed to :func:`jaxalign.knn` when a graph is built.
 
+    Raises:
+      ValueError: naming the argument, for bad input (complex, NaN/inf, k out of range, too few distinct rows),
+        duplicates with ``on_duplicates="raise"``, and, eagerly, when points whose k distances are all equal (a
+        lattice) make the estimate infinite. Under ``jit`` that case returns inf.
+
     Returns:
-      The intrinsic dimension, a scalar in the dtype of the distances (inf where a point's k distances are equal).
+      The intrinsic dimension, a scalar in the dtype of the distances.
     """
     _check_choice(comb, "comb", COMBS)
     _check_choice(on_duplicates, "on_duplicates", DUPLICATE_POLICIES)
@@ -320,4 +383,5 @@ def mle_id(
     if isinstance(graph, NeighborGraph) or x is not None:
         check_k(k, graph.n if isinstance(graph, NeighborGraph) else x.shape[0], "k", low=3)
     g, policy = _euclidean_graph(x, graph, k, on_duplicates, tile, mesh, "MLE")
-    return _mle_core(g, k=int(k), comb=comb, unbiased=bool(unbiased), on_duplicates=policy)
+    value = _mle_core(g, k=int(k), comb=comb, unbiased=bool(unbiased), on_duplicates=policy)
+    return _refuse_equal_distances(value, g, int(k), policy, "graph" if x is None else "x", "MLE")

@@ -22,6 +22,11 @@ After the two graphs (one per embedding, reusable through ``graph_x=`` / ``graph
   positions of list Y are closed forms: the in-row recurrence ``D[j] = max(c[j], D[j-1])`` is a running maximum
   (LCS) and ``D[j] = min(c[j], D[j-1] + 1)`` is ``cummin(c[j] − j) + j`` (Levenshtein), so each step is vectorised
   over the row and ``vmap``-ped over samples: O(N·k²) time, O(N·k) memory.
+
+Input: features follow :func:`jaxalign._checks.as_features` (integers through float64, half precision as float32,
+complex refused). A constant embedding (all rows identical) raises ``ValueError``, as in CKA and CKNNA: every inner
+product ties, so its neighbour lists are the row order and the overlap is an artefact. The check needs values, so it
+runs eagerly on features only (not under ``jit``, and not on precomputed graphs).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from jaxalign._checks import as_features, check_variance
 from jaxalign.neighbors import NeighborGraph, resolve_graph
 from jaxalign.tiling import TILE_BUDGET, map_row_tiles, resolve_mesh
 
@@ -44,7 +50,13 @@ __all__ = ["cycle_knn", "edit_distance_knn", "lcs_knn", "mutual_knn"]
 
 
 def _graph(x: Any, graph: NeighborGraph | None, k: int, name: str, tile: int | None, mesh: Any) -> NeighborGraph:
-    """The inner-product, self-excluded kNN graph of ``x`` truncated to ``k``, built or validated."""
+    """The inner-product, self-excluded kNN graph of ``x`` truncated to ``k``, built or validated.
+
+    Raises ``ValueError`` when the graph has to be built from features whose rows are all identical.
+    """
+    if graph is None and x is not None:
+        x = as_features(x, name)
+        check_variance(x, name)
     return resolve_graph(x, graph, k=k, metric="ip", name=name, purpose="kNN overlap", tile=tile, mesh=mesh)
 
 
@@ -169,6 +181,10 @@ def mutual_knn(
         search per embedding serves every kNN metric and every pair.
       tile, mesh: passed to :func:`jaxalign.knn` when a graph has to be built.
 
+    Raises:
+      ValueError: naming the argument, for bad features (complex, NaN/inf, N mismatch, constant), k out of range or
+        an unsuitable graph.
+
     Returns:
       A scalar in [0, 1]; 1 when both embeddings have the same neighbour sets. Symmetric in x and y.
     """
@@ -197,6 +213,10 @@ def cycle_knn(
         search per embedding serves every kNN metric and every pair.
       tile, mesh: passed to :func:`jaxalign.knn` when a graph has to be built; ``mesh`` also splits the
         (rows, k, k) gathers N_X(N_Y(i)) over devices.
+
+    Raises:
+      ValueError: naming the argument, for bad features (complex, NaN/inf, N mismatch, constant), k out of range or
+        an unsuitable graph.
 
     Returns:
       A scalar in [0, 1]. Not symmetric in x and y.
@@ -227,6 +247,10 @@ def lcs_knn(
         search per embedding serves every kNN metric and every pair.
       tile, mesh: passed to :func:`jaxalign.knn` when a graph has to be built.
 
+    Raises:
+      ValueError: naming the argument, for bad features (complex, NaN/inf, N mismatch, constant), k out of range or
+        an unsuitable graph.
+
     Returns:
       A scalar in [0, k]; k when both embeddings rank the same neighbours in the same order.
     """
@@ -254,6 +278,10 @@ def edit_distance_knn(
       graph_x, graph_y: precomputed ``knn(·, k' >= k, metric="ip")`` graphs, truncated to ``k``: one neighbour
         search per embedding serves every kNN metric and every pair.
       tile, mesh: passed to :func:`jaxalign.knn` when a graph has to be built.
+
+    Raises:
+      ValueError: naming the argument, for bad features (complex, NaN/inf, N mismatch, constant), k out of range or
+        an unsuitable graph.
 
     Returns:
       A scalar in [0, 1]; 1 when both embeddings rank the same neighbours in the same order.

@@ -10,6 +10,10 @@ Deliberate difference from the anchor: platonic-rep takes U from the *randomised
 scikit-learn's iterative (NIPALS) ``CCA`` on it and adds 1e-10 Gaussian noise before ``np.corrcoef``; its value
 depends on the random state and on the NIPALS tolerance, so no anchor value exists. Here U comes from a deterministic
 ``jnp.linalg.svd`` and the correlations are exact; the result equals what the anchor converges to.
+
+Input: features follow :func:`jaxalign._checks.as_features` (integers through float64, half precision as float32,
+complex refused); a constant embedding raises ``ValueError`` eagerly (its standardised matrix is 0, so it has no
+singular directions).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign._checks import as_features, check_same_n, is_concrete
+from jaxalign._checks import as_features, check_same_n, check_variance, is_concrete
 from jaxalign._lapack import after
 
 __all__ = ["svcca"]
@@ -58,6 +62,10 @@ def svcca(x: Any, y: Any, *, q: int = 10) -> jax.Array:
       q: number of singular directions kept (platonic-rep ``cca_dim``, default 10); 1 <= q <= min(N−1, d_x, d_y)
         (a centred matrix has rank at most N−1).
 
+    Raises:
+      ValueError: naming the argument, for bad features (complex, NaN/inf, N mismatch, all rows identical), ``q``
+        out of range, or fewer than q non-degenerate singular directions (checked eagerly, not under ``jit``).
+
     Returns:
       A scalar in [0, 1]; 1 when the two top-q subspaces coincide. Invariant to translating, rescaling or permuting
       the columns of either input.
@@ -65,6 +73,8 @@ def svcca(x: Any, y: Any, *, q: int = 10) -> jax.Array:
     x = as_features(x, "x")
     y = as_features(y, "y")
     check_same_n(x, y)
+    check_variance(x, "x")
+    check_variance(y, "y")
     n = x.shape[0]
     q_max = min(n - 1, x.shape[1], y.shape[1])
     if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 1 <= q <= q_max:
