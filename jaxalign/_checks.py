@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "as_features",
+    "as_real_array",
     "check_k",
     "check_same_n",
     "check_variance",
@@ -120,7 +121,7 @@ def _torch_to_jax(t: Any, name: str) -> jax.Array:
     return _jax_to_float(jnp.from_dlpack(t), name)
 
 
-def _to_jax(x: Any, name: str = "x") -> jax.Array:
+def as_real_array(x: Any, name: str = "x") -> jax.Array:
     """``x`` (numpy, jax, torch, nested lists) as a real floating jax array under the input-kind rules of
     :func:`_real_dtype`; complex input raises ``ValueError`` naming ``name``."""
     if isinstance(x, jax.Array):
@@ -149,7 +150,7 @@ def as_features(x: Any, name: str = "x", *, min_rows: int = 2, check_finite: boo
     if x is None:
         raise ValueError(f"`{name}` is None; pass an (N, d) array of features.")
     try:
-        arr = _to_jax(x, name)
+        arr = as_real_array(x, name)
     except _ComplexInput:
         raise
     except (TypeError, ValueError) as err:  # ragged lists, objects, strings

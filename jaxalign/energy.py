@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign._checks import as_features
+from jaxalign._checks import as_features, as_real_array
 from jaxalign.descriptors import segment_ids
 
 __all__ = ["composition_matrix", "energy_regression_mae"]
@@ -85,7 +85,7 @@ def _counts(column: jax.Array, n_atoms: jax.Array, *, n_elements: int) -> jax.Ar
 
 
 def _as_energies(e: Any, name: str, n: int | None) -> jax.Array:
-    arr = e if isinstance(e, jax.Array) else jnp.asarray(np.asarray(e))
+    arr = as_real_array(e, name)
     if arr.ndim not in (1, 2):
         raise ValueError(f"`{name}` must be (n_structures,) or (n_structures, n_models), got shape {arr.shape}.")
     arr2 = as_features(arr[:, None] if arr.ndim == 1 else arr, name, min_rows=1)
@@ -117,12 +117,12 @@ def energy_regression_mae(e_true: Any, e_pred: Any, composition: Any) -> jax.Arr
     Returns:
       A scalar MAE for 1-D ``e_pred``, else one MAE per model, (n_models,). Units are those of the energies.
     """
-    e_true = jnp.asarray(np.asarray(e_true)) if not isinstance(e_true, jax.Array) else e_true
+    e_true = as_real_array(e_true, "e_true")
     if e_true.ndim != 1:
         raise ValueError(f"`e_true` must be 1-D (one energy per structure), got shape {e_true.shape}.")
     true2 = _as_energies(e_true, "e_true", None)
     n = true2.shape[0]
-    pred_arr = e_pred if isinstance(e_pred, jax.Array) else jnp.asarray(np.asarray(e_pred))
+    pred_arr = as_real_array(e_pred, "e_pred")
     pred2 = _as_energies(pred_arr, "e_pred", n)
     comp = as_features(composition, "composition", min_rows=1)
     if comp.shape[0] != n:

@@ -4,17 +4,25 @@ PCovR (de Jong & Kiers 1992; Helfrecht et al., Mach. Learn.: Sci. Technol. 1, 04
 projection T = X P_XT that mixes variance of X (weight α) with the part of a target Y linearly predictable from X
 (weight 1 − α). Seed 003 (Bhattacharjee et al.) uses α = 0.5 and 2 components to map one model's features into a
 plane fitted on another's. As in scikit-matter, nothing is centred while fitting (centre and scale X and Y first),
-and Ŷ = X W comes from Ridge(alpha=1e-6, fit_intercept=False) solved by Cholesky, primal (XᵀX + λI) W = XᵀY when
-d ≤ n and dual W = Xᵀ(XXᵀ + λI)⁻¹Y when d > n (scikit-learn's ``solver="auto"`` choice for dense input).
+and Ŷ = X W comes from Ridge(alpha=1e-6, fit_intercept=False): W = (XᵀX + λI)⁻¹XᵀY, which scikit-learn solves by
+Cholesky (primal when d ≤ n, dual when d > n). Here it is solved from the thin SVD X = U S Vᵀ, W = V S(S² + λ)⁻¹UᵀY,
+keeping only the singular values above max(n, d)·eps·s_max (numerical rank): the same W in float64 (the directions
+dropped there have s² ≲ 1e-26 s_max², far below λ), and a finite, float64-close answer in float32 on rank-deficient
+X, where XᵀX + 1e-6 I is not positive definite in float32 and the Cholesky factorisation returns NaN.
 
 Feature space (n > d):
   C̃ = α XᵀX + (1 − α) (XᵀX)^(−1/2) XᵀŶ ŶᵀX (XᵀX)^(−1/2), with (XᵀX)^(−1/2) built from the eigenpairs of XᵀX whose
-  eigenvalue exceeds ``tol``; top eigenpairs (Λ, V) of C̃; P_XT = (XᵀX)^(−1/2) V Λ^(1/2).
+  eigenvalue exceeds ``tol`` (taken from the same SVD: eigenvalues s², and only directions of the numerical rank,
+  so (XᵀX)^(−1/2) XᵀŶ = V diag(s²/(s² + λ)) UᵀY needs no inverse of a round-off eigenvalue); top eigenpairs (Λ, V)
+  of C̃; P_XT = (XᵀX)^(−1/2) V Λ^(1/2).
 Sample space (n ≤ d):
   K̃ = α XXᵀ + (1 − α) ŶŶᵀ; top eigenpairs (Λ, V) of K̃; P_XT = (α Xᵀ + (1 − α) W Ŷᵀ) V Λ^(−1/2).
 In both, eigenvalues ≤ ``tol`` get a zero (inverse) square root, and each eigenvector's sign makes its largest
 |entry| positive (scikit-learn's ``svd_flip``). ``transform`` subtracts the *training* column mean:
 T = (X_new − mean_train) P_XT, as scikit-matter's (via scikit-learn's ``_BasePCA``) does.
+
+Scale: PCovR is not scale invariant (``tol`` and the ridge λ are absolute, as in scikit-matter): centre and scale X
+and Y first. Within that, the rank decision is relative (max(n, d)·eps·s_max), so it does not depend on the units.
 """
 
 from __future__ import annotations
@@ -25,11 +33,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
 
-from jaxalign._checks import as_features, check_same_n
-from jaxalign._lapack import after
+from jaxalign._checks import as_features, as_real_array, check_same_n
 
 __all__ = ["PCovR", "pcovr"]
 
@@ -80,29 +86,38 @@ def _top_eigh(mat: jax.Array, n_components: int) -> tuple[jax.Array, jax.Array]:
     return values, vectors * jnp.where(signs == 0, 1.0, signs)
 
 
-def _ridge(x: jax.Array, y: jax.Array, lam: float) -> jax.Array:
-    """Ridge weights W (d, p) without intercept, Cholesky primal (d ≤ n) or dual (d > n) as scikit-learn."""
-    n, d = x.shape
-    if d > n:
-        gram = x @ x.T + lam * jnp.eye(n, dtype=x.dtype)
-        return x.T @ jsl.cho_solve(jsl.cho_factor(gram), y)
-    cov = x.T @ x + lam * jnp.eye(d, dtype=x.dtype)
-    return jsl.cho_solve(jsl.cho_factor(cov), x.T @ y)
+def _rank_svd(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Thin SVD X = U S Vᵀ with the directions beyond the numerical rank (s ≤ max(n, d)·eps·s_max) switched off.
+
+    Returns (U, s, Vᵀ, keep); every use below multiplies by ``keep``, so the dropped directions contribute nothing.
+    """
+    u, sv, vt = jnp.linalg.svd(x, full_matrices=False)
+    rcond = max(x.shape) * jnp.finfo(x.dtype).eps
+    keep = sv > rcond * sv[0]
+    return u, sv, vt, keep
+
+
+def _ridge_factors(sv: jax.Array, keep: jax.Array, lam: float) -> tuple[jax.Array, jax.Array]:
+    """(s/(s² + λ), s²/(s² + λ)) on the kept directions, 0 elsewhere: W = V diag(first) UᵀY, Ŷ = U diag(second) UᵀY."""
+    denom = sv * sv + lam
+    return jnp.where(keep, sv / denom, 0.0), jnp.where(keep, sv * sv / denom, 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("n_components", "space", "tol", "ridge_alpha"))
 def _pcovr_core(
     x: jax.Array, y: jax.Array, alpha: jax.Array, *, n_components: int, space: str, tol: float, ridge_alpha: float
 ) -> PCovR:
-    w = _ridge(x, y, ridge_alpha)
-    yhat = x @ w
+    u, sv, vt, keep = _rank_svd(x)  # the first LAPACK call; eigh below depends on it
+    w_factor, hat_factor = _ridge_factors(sv, keep, ridge_alpha)
+    uty = u.T @ y
+    w = vt.T @ (w_factor[:, None] * uty)  # ridge weights (d, p) without intercept
+    yhat = u @ (hat_factor[:, None] * uty)  # = X W
     if space == "feature":
         xtx = x.T @ x
-        c_vals, c_vecs = jnp.linalg.eigh(after(xtx, w))  # after the ridge solve: one LAPACK call at a time
-        keep = c_vals > tol
-        inv_root = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, c_vals, 1.0)), 0.0)
-        c_isqrt = (c_vecs * inv_root) @ c_vecs.T
-        c_y = c_isqrt @ (x.T @ yhat)
+        keep_c = keep & (sv * sv > tol)  # scikit-matter's tol on the eigenvalues s² of XᵀX, within the rank
+        inv_root = jnp.where(keep_c, 1.0 / jnp.where(keep_c, sv, 1.0), 0.0)
+        c_isqrt = (vt.T * inv_root) @ vt
+        c_y = vt.T @ (jnp.where(keep_c, hat_factor, 0.0)[:, None] * uty)  # (XᵀX)^(−1/2) XᵀŶ
         c_tilde = (1.0 - alpha) * (c_y @ c_y.T) + alpha * xtx
         values, vectors = _top_eigh(c_tilde, n_components)
         keep = values > tol
@@ -145,7 +160,7 @@ def pcovr(
       to a randomised SVD when max(n, d) > 500; this always solves the eigenproblem exactly (deterministic).
     """
     x = as_features(x, "x", min_rows=2)
-    y_arr = jnp.asarray(np.asarray(y)) if not isinstance(y, jax.Array) else y
+    y_arr = as_real_array(y, "y")
     if y_arr.ndim == 1:
         y_arr = y_arr[:, None]
     y = as_features(y_arr, "y", min_rows=2)

@@ -23,6 +23,7 @@ from hypothesis.extra import numpy as hnp
 
 import jaxalign as ja
 import jaxalign.metrics as M
+from jaxalign.energy import energy_regression_mae
 from jaxalign.preprocessing import (
     center_scale_total_variance,
     clamp_quantile,
@@ -30,6 +31,7 @@ from jaxalign.preprocessing import (
     max_normalize,
     mean_pool,
 )
+from jaxalign.projection import pcovr
 
 N, DX, DY = 16, 3, 4
 LATTICE = np.array([[i, j] for i in range(30) for j in range(30)], float)  # numerics.py block 8
@@ -227,6 +229,7 @@ def _single(fn):
 SINGLE = {"twonn", "twonn_ml", "mle_id", "knn", "knn_euclidean", "l2_normalize", "clamp_quantile", "max_normalize",
           "center_scale_total_variance", "mean_pool"}  # fmt: skip
 SEGMENTS = np.repeat(np.arange(4), N // 4)
+COMPOSITION = np.repeat([[1, 0], [0, 1], [1, 1], [2, 1]], N // 4, axis=0)
 FUNCTIONS = {
     "cka": _pair(M.cka),
     "cka_rbf": lambda x, y: M.cka(x, y, kernel="rbf", sigma=1e3),
@@ -252,6 +255,8 @@ FUNCTIONS = {
     "max_normalize": _single(max_normalize),
     "center_scale_total_variance": _single(center_scale_total_variance),
     "mean_pool": _single(lambda x: mean_pool(x, SEGMENTS)),
+    "pcovr": lambda x, y: pcovr(x, y[:, 0], n_components=1).eigenvalues,
+    "energy_regression_mae": lambda x, y: energy_regression_mae(y[:, 0], x[:, :2], COMPOSITION),
 }
 
 INT_SCALES = (1, 3_000_000_000, 2**33 + 1)  # values beyond 2**31 wrap when converted through int32
@@ -321,8 +326,8 @@ def test_input_kind_equals_float_reference(name, kind, data, x64):
 def test_complex_input_is_refused(float32_default, name):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(N, DX)), rng.normal(size=(N, DY))
-    with pytest.raises(ValueError, match=r"`(x|features)` is complex; pass real features"):
+    with pytest.raises(ValueError, match=r"`(x|features|e_pred)` is complex; pass real features"):
         FUNCTIONS[name](x + 0.5j, y)
     if name not in SINGLE:
-        with pytest.raises(ValueError, match=r"`y` is complex; pass real features"):
+        with pytest.raises(ValueError, match=r"`(y|e_true)` is complex; pass real features"):
             FUNCTIONS[name](x, y.astype(np.complex64))

@@ -22,6 +22,14 @@ shifted a_ij − c with c = (mean squared distance)^(p/2) ≈ the mean distance.
 S1/n² and S3/n⁴ that otherwise costs float32 most of its digits; :func:`dcor_from_sums` undoes the shift exactly.
 The data are centred before the expanded |x|² + |y|² − 2 x·y formula and the diagonal is set to 0 by index.
 
+Scale: dCor is invariant to rescaling either input, so each input is brought to unit scale before any sum is formed
+(translated by its first row, divided by its largest |entry|, centred, divided by its RMS row norm — see
+:func:`jaxalign.metrics.kernel.unit_scale`); the per-row sums of :func:`distance_row_sums` are in those units. The
+ratio is formed as dCov² / sqrt|dVar²(X)| / sqrt|dVar²(Y)|, never through the product of the two variances, so
+inputs of size 1e-12 … 1e12 give the same value in float32. The zero-denominator rule (dCor = 0, as in dcor 0.7)
+fires only for a truly constant input: after the exact translation by the first row all its shifted distance powers
+are exactly 0, while any other input has Σ_j a'_ij² ≥ c² > 0 in unit scale.
+
 Gradients: a_ij is computed as a safe power of the squared distance (zero gradient where the distance is 0: the
 diagonal and duplicated rows), and each tile is rematerialised in the backward pass, so ``jax.grad`` stays finite
 and O(tile·N) in memory.
@@ -39,6 +47,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from jaxalign._checks import as_features, check_same_n, check_variance
+from jaxalign.metrics.kernel import unit_scale
 from jaxalign.tiling import map_row_tiles, pairwise_block, resolve_mesh, safe_sqrt
 
 __all__ = ["DistanceMoments", "dcor", "dcor_from_sums", "dcor_sqr", "distance_row_sums", "u_dcor_sqr"]
@@ -48,6 +57,9 @@ __all__ = ["DistanceMoments", "dcor", "dcor_from_sums", "dcor_sqr", "distance_ro
 @dataclasses.dataclass(frozen=True)
 class DistanceMoments:
     """Per-row sums of one embedding's shifted distance powers a'_ij = ‖x_i − x_j‖^p − c (all i, j; a'_ii = −c).
+
+    The distances are those of the unit-scale input (:func:`distance_row_sums`); every statistic is invariant to
+    that scale. All sums are exactly 0 for a constant input (and only then).
 
     Attributes:
       row: (N,) Σ_j a'_ij.
@@ -89,6 +101,17 @@ def _shift(x: jax.Array, exponent: float) -> jax.Array:
     return jax.lax.stop_gradient(_safe_power(mean_sq, exponent / 2.0))
 
 
+def _unit(x: jax.Array) -> jax.Array:
+    """x translated by its first row, centred and divided by its scale (:func:`~jaxalign.metrics.kernel.unit_scale`).
+
+    Exactly 0 for a constant input. The scale is a constant for the gradient: every statistic is invariant to it.
+    """
+    scale = jax.lax.stop_gradient(unit_scale(x)[1])
+    x = x - x[:1]
+    x = x - x.mean(0)
+    return x / jnp.where(scale > 0, scale, 1.0)
+
+
 def _distance_power_block(rows: jax.Array, x: jax.Array, shift: jax.Array, exponent: float) -> jax.Array:
     """(tile, N) block of ‖x_i − x_j‖^p − shift for the rows of the tile; the self-distance is 0 by index."""
     sq = pairwise_block(x[rows], x, "sqeuclidean").at[jnp.arange(rows.shape[0]), rows].set(0.0)
@@ -107,8 +130,7 @@ def _row_sums_tile(
 def _distance_row_sums(
     x: jax.Array, y: jax.Array, *, exponent: float, tile: int | None, mesh: Mesh | None
 ) -> tuple[DistanceMoments, DistanceMoments, jax.Array]:
-    x = x - x.mean(0)
-    y = y - y.mean(0)
+    x, y = _unit(x), _unit(y)
     shift_x, shift_y = _shift(x, exponent), _shift(y, exponent)
     fn = jax.checkpoint(functools.partial(_row_sums_tile, exponent=exponent))
     a, b, ab, aa, bb = map_row_tiles(fn, x.shape[0], x, y, shift_x, shift_y, tile=tile, mesh=mesh)
@@ -170,8 +192,9 @@ def dcor_from_sums(
     """Squared distance correlation from the per-row sums of :func:`distance_row_sums`.
 
     dCor² = dCov²(X, Y) / sqrt(|dVar²(X) · dVar²(Y)|) with the biased V-statistic or, for ``unbiased=True``, the
-    U-statistic (needs n ≥ 4). A zero denominator gives 0, as in dcor 0.7. Pure and jittable: in a model x model
-    sweep the moments are computed once per model and only ``cross`` per pair.
+    U-statistic (needs n ≥ 4), formed as dCov² / sqrt|dVar²(X)| / sqrt|dVar²(Y)| (no product of variances to under-
+    or overflow). A constant embedding (all its sums exactly 0) gives 0, as dcor 0.7's zero-denominator rule does.
+    Pure and jittable: in a model x model sweep the moments are computed once per model and only ``cross`` per pair.
     """
     mx, my = moments_x, moments_y
     if unbiased:
@@ -184,9 +207,11 @@ def dcor_from_sums(
         cov = _dcov_v(cross, mx, my)
         var_x = _dcov_v(mx.sq, mx, mx)
         var_y = _dcov_v(my.sq, my, my)
-    denominator = safe_sqrt(jnp.abs(var_x * var_y))
-    positive = denominator > 0
-    return jnp.where(positive, cov / jnp.where(positive, denominator, 1.0), 0.0)
+    # the zero-variance rule is decided on the data: a constant input has every shifted distance power exactly 0
+    constant = jnp.all(mx.sq == 0) | jnp.all(my.sq == 0)
+    root_x, root_y = safe_sqrt(jnp.abs(var_x)), safe_sqrt(jnp.abs(var_y))
+    defined = ~constant & (root_x > 0) & (root_y > 0)
+    return jnp.where(defined, cov / jnp.where(defined, root_x, 1.0) / jnp.where(defined, root_y, 1.0), 0.0)
 
 
 def _validated(x: Any, y: Any, exponent: float, min_rows: int) -> tuple[jax.Array, jax.Array, float]:

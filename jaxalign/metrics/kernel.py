@@ -16,6 +16,17 @@ from one tiled pass over row blocks accumulating per-row sums of K, L, K∘L, K�
 invariant to subtracting a constant from every (off-diagonal) kernel entry, so the RBF pass subtracts a cheap
 estimate of the kernel's mean first, which keeps float32 accurate when K ≈ c 11ᵀ (small distances relative to σ).
 Memory O(N·d + d² + tile·N).
+
+Scale: linear CKA is evaluated on unit-scale features. Each input is translated by its first row (exact zeros for a
+constant input), divided by its largest |entry|, centred and divided by its RMS row norm (:func:`unit_scale`), so
+every sum is O(N²) whatever the units of the input (1e-12 … 1e12 in float32 alike). The HSICs scale as s_x² s_y²,
+s_x⁴ and s_y⁴, so the ratio is formed as HSIC'(K, L) / (sqrt(HSIC'(K, K))·sqrt(HSIC'(L, L)) + 1e-6 / (s_x² s_y²)):
+the anchor's formula, 1e-6 included, evaluated without forming any product of scales that could under- or
+overflow. CKA is therefore scale invariant except through platonic's 1e-6, which matters only when
+sqrt(HSIC(K, K)·HSIC(L, L)) is within a few decades of 1e-6 (e.g. features of size ~1e-3 at N ~ 500); there the
+value follows the anchor's formula (→ 0 for vanishing features), not a float32 underflow. The RBF kernel has an
+absolute bandwidth, so its inputs are only centred; its entries are formed as exp(−γm)·expm1(−γ(d² − m)) next to
+the mean kernel value exp(−γm), which keeps their small deviations exact in float32.
 """
 
 from __future__ import annotations
@@ -28,9 +39,9 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from jaxalign._checks import as_features, check_same_n, check_variance
-from jaxalign.tiling import map_row_tiles, pairwise_block, resolve_mesh
+from jaxalign.tiling import map_row_tiles, pairwise_block, resolve_mesh, safe_sqrt
 
-__all__ = ["KERNELS", "cka", "hsic_from_sums", "unbiased_cka"]
+__all__ = ["KERNELS", "cka", "hsic_from_sums", "normalized_ratio", "unbiased_cka", "unit_scale"]
 
 KERNELS = ("ip", "rbf")
 #: platonic-rep's regulariser in the CKA denominator.
@@ -65,8 +76,50 @@ def hsic_from_sums(
     return trace_kl - (kl_sum + lk_sum) / n + total_k * total_l / (n * n)
 
 
+def unit_scale(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(z, s)`` with z = (x − mean(x)) / s of RMS row norm 1 and s > 0 its scale; s = 0 (and z = 0) for a constant x.
+
+    Scale-safe in any float dtype: x is first translated by its first row (exact zeros for a constant input, and
+    most of a common offset gone without rounding) and divided by its largest |entry|, so no square is formed
+    before the values are O(1); then it is centred and divided by its RMS row norm, which lies in
+    [1/(2·sqrt(N)), sqrt(d)] there. Differentiable (the gradient of max|x| is that of one entry).
+    """
+    x = x - x[:1]
+    peak = jnp.max(jnp.abs(x))
+    nonzero = peak > 0
+    x = x / jnp.where(nonzero, peak, 1.0)
+    x = x - x.mean(0)
+    rms = jnp.sqrt(jnp.mean(jnp.sum(x * x, axis=1)))
+    rms = jnp.where(nonzero, rms, 1.0)
+    return x / rms, jnp.where(nonzero, peak * rms, 0.0)
+
+
+def normalized_ratio(
+    hsic_kl: jax.Array, hsic_kk: jax.Array, hsic_ll: jax.Array, *units: Any, self_nonnegative: bool = False
+) -> jax.Array:
+    """platonic's HSIC(K, L) / (sqrt(HSIC(K, K)·HSIC(L, L)) + 1e-6) from HSICs of rescaled kernels.
+
+    With K = u_1 u_2 … K' and L likewise (``units``: the positive factors by which HSIC(K, L) and
+    sqrt(HSIC(K, K)·HSIC(L, L)) both exceed the primed values), pass HSIC(K', L'), HSIC(K', K'), HSIC(L', L').
+    The ratio is formed as HSIC(K', L') / (sqrt|HSIC(K', K')|·sqrt|HSIC(L', L')| + 1e-6 / u_1 / u_2 / …): no
+    product of HSICs or of units is formed, so nothing under- or overflows, and a vanishing kernel gives 0 through
+    the anchor's 1e-6, not through an underflow. NaN, as in platonic-rep, when the two self-HSICs have opposite signs
+    (possible for the unbiased estimator of a masked kernel). With ``self_nonnegative`` (symmetric kernels: both
+    estimators of HSIC(K, K) are then squared norms, ≥ 0) a self-HSIC that round-off made slightly negative counts
+    as 0 instead. A zero unit (a constant input) counts as 1.
+    """
+    eps = jnp.asarray(EPS, jnp.result_type(hsic_kl))
+    for unit in units:
+        eps = eps / jnp.where(unit > 0, unit, 1.0)
+    if self_nonnegative:
+        return hsic_kl / (safe_sqrt(jnp.maximum(hsic_kk, 0.0)) * safe_sqrt(jnp.maximum(hsic_ll, 0.0)) + eps)
+    root = safe_sqrt(jnp.abs(hsic_kk)) * safe_sqrt(jnp.abs(hsic_ll))
+    root = jnp.where(jnp.sign(hsic_kk) * jnp.sign(hsic_ll) < 0, jnp.nan, root)
+    return hsic_kl / (root + eps)
+
+
 def _ratio(hsic_kl: jax.Array, hsic_kk: jax.Array, hsic_ll: jax.Array) -> jax.Array:
-    return hsic_kl / (jnp.sqrt(hsic_kk * hsic_ll) + EPS)
+    return normalized_ratio(hsic_kl, hsic_kk, hsic_ll, self_nonnegative=True)
 
 
 def _linear_unbiased_hsic(x: jax.Array, y: jax.Array, sq_x: jax.Array, sq_y: jax.Array) -> jax.Array:
@@ -85,36 +138,56 @@ def _linear_unbiased_hsic(x: jax.Array, y: jax.Array, sq_x: jax.Array, sq_y: jax
 
 @functools.partial(jax.jit, static_argnames=("unbiased",))
 def _cka_linear(x: jax.Array, y: jax.Array, *, unbiased: bool) -> jax.Array:
-    x = x - x.mean(0)
-    y = y - y.mean(0)
+    """Linear CKA on unit-scale features (:func:`unit_scale`); K = s_x² K', L = s_y² L'."""
+    x, scale_x = unit_scale(x)
+    y, scale_y = unit_scale(y)
     if not unbiased:  # trace(K H L H) = ‖(HX)ᵀ(HY)‖²_F
-        return _ratio(jnp.sum((x.T @ y) ** 2), jnp.sum((x.T @ x) ** 2), jnp.sum((y.T @ y) ** 2))
-    sq_x, sq_y = (x * x).sum(1), (y * y).sum(1)
-    return _ratio(
-        _linear_unbiased_hsic(x, y, sq_x, sq_y),
-        _linear_unbiased_hsic(x, x, sq_x, sq_x),
-        _linear_unbiased_hsic(y, y, sq_y, sq_y),
-    )
+        hsics = jnp.sum((x.T @ y) ** 2), jnp.sum((x.T @ x) ** 2), jnp.sum((y.T @ y) ** 2)
+    else:
+        sq_x, sq_y = (x * x).sum(1), (y * y).sum(1)
+        hsics = (
+            _linear_unbiased_hsic(x, y, sq_x, sq_y),
+            _linear_unbiased_hsic(x, x, sq_x, sq_x),
+            _linear_unbiased_hsic(y, y, sq_y, sq_y),
+        )
+    return normalized_ratio(*hsics, scale_x, scale_x, scale_y, scale_y, self_nonnegative=True)
+
+
+def _rbf_deviation(sq: jax.Array, gamma: jax.Array, mean_sq: jax.Array, shift: jax.Array) -> jax.Array:
+    """exp(−γ d²) − exp(−γ m) with ``shift`` = exp(−γ m), accurate to float precision even when both are ≈ 1.
+
+    Near the mean (|γ(d² − m)| < 1) it is shift · expm1(−γ(d² − m)), whose relative error does not grow as the
+    two exponentials approach each other; farther away the plain difference loses at most a bit or two.
+    """
+    t = gamma * (sq - mean_sq)
+    near = jnp.abs(t) < 1.0
+    return jnp.where(near, shift * jnp.expm1(-jnp.where(near, t, 0.0)), jnp.exp(-gamma * sq) - shift)
 
 
 def _rbf_row_sums(
-    rows: jax.Array, x: jax.Array, y: jax.Array, gamma: jax.Array, shift_k: jax.Array, shift_l: jax.Array
+    rows: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    gamma: jax.Array,
+    mean_k: jax.Array,
+    mean_l: jax.Array,
+    shift_k: jax.Array,
+    shift_l: jax.Array,
 ) -> tuple[jax.Array, ...]:
-    """Per-row Σ_j K_ij, Σ_j L_ij, Σ_j K_ij L_ij, Σ_j K_ij², Σ_j L_ij² of the shifted RBF kernels for a tile of rows.
-
-    The self-distance is set to 0 by index, so K_ii = 1 − shift_k exactly.
-    """
+    """Per-row Σ_j K_ij, Σ_j L_ij, Σ_j K_ij L_ij, Σ_j K_ij², Σ_j L_ij² over j ≠ i of the shifted RBF kernels for a tile
+    of rows (the diagonal, 1 − shift exactly, is added back by the caller for the biased estimator)."""
     diag = (jnp.arange(rows.shape[0]), rows)
-    k = jnp.exp(-gamma * pairwise_block(x[rows], x, "sqeuclidean").at[diag].set(0.0)) - shift_k
-    l = jnp.exp(-gamma * pairwise_block(y[rows], y, "sqeuclidean").at[diag].set(0.0)) - shift_l  # noqa: E741
+    k = _rbf_deviation(pairwise_block(x[rows], x, "sqeuclidean"), gamma, mean_k, shift_k).at[diag].set(0.0)
+    l = _rbf_deviation(pairwise_block(y[rows], y, "sqeuclidean"), gamma, mean_l, shift_l).at[diag].set(0.0)  # noqa: E741
     return k.sum(1), l.sum(1), (k * l).sum(1), (k * k).sum(1), (l * l).sum(1)
 
 
-def _rbf_shift(x: jax.Array, gamma: jax.Array) -> jax.Array:
-    """exp(−γ · mean_ij ‖x_i − x_j‖²), mean squared distance = 2 Σ_i ‖x_i − x̄‖² / n for centred x: a cheap guess of
-    the kernel's mean that is subtracted from every entry to avoid cancellation when K ≈ c 11ᵀ."""
-    mean_sq = 2.0 * jnp.sum(x * x) / x.shape[0]
-    return jax.lax.stop_gradient(jnp.exp(-gamma * mean_sq))
+def _rbf_shift(x: jax.Array, gamma: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(m, exp(−γ m)) with m = mean_ij ‖x_i − x_j‖² = 2 Σ_i ‖x_i − x̄‖² / n for centred x: a cheap guess of the
+    kernel's mean that is subtracted from every entry to avoid cancellation when K ≈ c 11ᵀ. Treated as a constant
+    (both HSICs are unchanged by it)."""
+    mean_sq = jax.lax.stop_gradient(2.0 * jnp.sum(x * x) / x.shape[0])
+    return mean_sq, jax.lax.stop_gradient(jnp.exp(-gamma * mean_sq))
 
 
 @functools.partial(jax.jit, static_argnames=("unbiased", "tile", "mesh"))
@@ -122,14 +195,18 @@ def _cka_rbf(
     x: jax.Array, y: jax.Array, sigma: jax.Array, *, unbiased: bool, tile: int | None, mesh: Mesh | None
 ) -> jax.Array:
     n = x.shape[0]
+    x = x - x[:1]  # most of an offset goes without rounding before the mean is taken
+    y = y - y[:1]
     x = x - x.mean(0)
     y = y - y.mean(0)
     gamma = 1.0 / (2.0 * sigma * sigma)
-    shift_k, shift_l = _rbf_shift(x, gamma), _rbf_shift(y, gamma)
-    row_k, row_l, kl, kk, ll = map_row_tiles(_rbf_row_sums, n, x, y, gamma, shift_k, shift_l, tile=tile, mesh=mesh)
-    if unbiased:  # zero the diagonals, which are exactly 1 − shift
-        dk, dl = 1.0 - shift_k, 1.0 - shift_l
-        row_k, row_l, kl, kk, ll = row_k - dk, row_l - dl, kl - dk * dl, kk - dk * dk, ll - dl * dl
+    mean_k, shift_k = _rbf_shift(x, gamma)
+    mean_l, shift_l = _rbf_shift(y, gamma)
+    sums = map_row_tiles(_rbf_row_sums, n, x, y, gamma, mean_k, mean_l, shift_k, shift_l, tile=tile, mesh=mesh)
+    row_k, row_l, kl, kk, ll = sums
+    if not unbiased:  # add the diagonals back: 1 − exp(−γ m), accurately
+        dk, dl = -jnp.expm1(-gamma * mean_k), -jnp.expm1(-gamma * mean_l)
+        row_k, row_l, kl, kk, ll = row_k + dk, row_l + dl, kl + dk * dl, kk + dk * dk, ll + dl * dl
     total_k, total_l = row_k.sum(), row_l.sum()
 
     def hsic(trace: jax.Array, total_a: jax.Array, total_b: jax.Array, row_a: jax.Array, row_b: jax.Array):
