@@ -5,7 +5,9 @@ embeddings describe the same structures in the same order. Readers are those of 
 (``default``, ``extxyz``, ``asedb``, ``qm9``, ``pdb``, ``smiles``); a directory given for ``extxyz`` or ``asedb``
 is read file by file (OMat24, OMol25 and sAlex ship as directories of ``.aselmdb`` shards). The cache key holds the
 dataset's description, the path's size and modification time (so a changed file is re-read), the filters, N, the
-seed and the reader's package versions.
+seed and the reader's package versions. An extended XYZ frame ASE cannot parse stops the run with one line naming the
+file, frame and line, unless ``dataset.skip_bad_frames=true``: then it is left out, counted among the dropped records
+and listed in the summary (``skipped_frames``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import collections
 import dataclasses
 import hashlib
 import pickle
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,15 @@ import numpy as np
 from experiments.cache import atomic_write_bytes, content_key, read_json, write_json
 from experiments.watchdog import beat
 
-__all__ = ["FORMATS", "DatasetError", "DatasetStage", "prepare_dataset", "read_records", "records_digest"]
+__all__ = [
+    "FORMATS",
+    "DatasetError",
+    "DatasetStage",
+    "prepare_dataset",
+    "read_dataset_files",
+    "read_records",
+    "records_digest",
+]
 
 FORMATS = ("default", "extxyz", "asedb", "qm9", "pdb", "smiles")
 _DIR_PATTERNS = {"extxyz": ("*.xyz", "*.extxyz"), "asedb": ("*.aselmdb", "*.db", "*.json")}
@@ -90,8 +101,14 @@ def _stat(path: Path, fmt: str) -> list[list[Any]]:
 
 def read_records(cfg: Mapping[str, Any]) -> list[Any]:
     """All records of the dataset described by ``cfg`` (keys ``name``, ``format``, ``path``, ``split``,
-    ``options``), in the reader's order."""
-    from extractors.datasets import load_dataset
+    ``options``, ``skip_bad_frames``), in the reader's order."""
+    return read_dataset_files(cfg)[0]
+
+
+def read_dataset_files(cfg: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
+    """:func:`read_records` and the unreadable extended-XYZ frames it skipped (``skip_bad_frames``; without it
+    the first one is a one-line error naming the file, frame and line)."""
+    from extractors.datasets import read_dataset
 
     fmt = cfg.get("format", "default")
     if fmt not in FORMATS:
@@ -99,17 +116,20 @@ def read_records(cfg: Mapping[str, Any]) -> list[Any]:
     options = dict(cfg.get("options") or {})
     if fmt == "default":
         split = cfg.get("split")
-        return load_dataset("default" if not split else f"default:{split}", **options)
+        return read_dataset("default" if not split else f"default:{split}", **options).records, []
     path = _path(cfg)
     records: list[Any] = []
+    skipped: list[Any] = []
     for f in _files(path, fmt):
-        records.extend(load_dataset(f"{fmt}:{f}", **options))
+        read = read_dataset(f"{fmt}:{f}", skip_bad_frames=bool(cfg.get("skip_bad_frames", False)), **options)
+        records.extend(read.records)
+        skipped.extend(read.skipped)
         beat()
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
         dup = next(i for i, c in collections.Counter(ids).items() if c > 1)
         raise DatasetError(f"dataset {cfg.get('name')!r}: record id {dup!r} occurs more than once across files.")
-    return records
+    return records, skipped
 
 
 # --------------------------------------------------------------------------------------------------- filters
@@ -237,6 +257,7 @@ def prepare_dataset(cfg: Mapping[str, Any], cache_dir: str | Path) -> tuple[Data
             "files": _stat(Path(path), fmt) if path else [],
             "split": cfg.get("split"),
             "options": dict(cfg.get("options") or {}),
+            "skip_bad_frames": bool(cfg.get("skip_bad_frames", False)),
             "filters": filters,
             "n": n,
             "seed": int(cfg.get("seed", 0)),
@@ -251,9 +272,15 @@ def prepare_dataset(cfg: Mapping[str, Any], cache_dir: str | Path) -> tuple[Data
 
     from extractors.datasets import subsample
 
-    records = read_records(cfg)
+    records, skipped = read_dataset_files(cfg)
     if not records:
         raise DatasetError(f"dataset {cfg.get('name')!r} is empty: the reader found no record at {path}.")
+    if skipped:
+        print(
+            f"[dataset] skipped {len(skipped)} unreadable frame(s) (dataset.skip_bad_frames), e.g. "
+            f"{skipped[0].describe()}; listed in the report's dataset summary",
+            file=sys.stderr,
+        )
     kept, dropped = apply_filters(records, filters)
     if not kept:
         raise DatasetError(
@@ -261,7 +288,10 @@ def prepare_dataset(cfg: Mapping[str, Any], cache_dir: str | Path) -> tuple[Data
             f"(dropped: {dropped}); relax the filters."
         )
     chosen = subsample(kept, None if n is None else int(n), seed=int(cfg.get("seed", 0)))
+    if skipped:
+        dropped = {"unreadable frame (dataset.skip_bad_frames)": len(skipped), **dropped}
     summary = _summary(label, cfg, len(records), dropped, chosen)
+    summary["skipped_frames"] = [b.as_record() for b in skipped]
     summary["digest"] = records_digest(chosen)
     atomic_write_bytes(records_path, pickle.dumps(chosen, protocol=4))
     write_json(summary_path, summary)

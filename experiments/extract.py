@@ -6,7 +6,12 @@ that interpreter instead) that unpickles them and hands them to :func:`extractor
 embeds chunk by chunk (a killed run resumes after its last finished chunk) and renames the finished embedding file
 into place. A sidecar ``<name>.json`` records the model's parameter count and the load and embedding times.
 
-Exit codes: 0 done, 2 bad arguments or a model that embedded no structure (message on stderr), 1 anything else.
+It starts by arranging to die with the app (:func:`extractors.faults.die_with_parent`: the app passes its pid), so a
+killed app leaves no extraction running; then checks the output directory and the device before loading the model.
+
+Exit codes: 0 done, 2 a problem the user fixes — bad arguments, a device torch does not have, an output directory
+that cannot be written, a full disk, a model that embedded no structure (one ``error: ...`` line on stderr; the app
+turns it into its own one-line error) — 1 anything else.
 """
 
 from __future__ import annotations
@@ -81,8 +86,43 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_FIX = "choose another cache_dir"
+
+
+def _error_text(err: Exception, out: Path) -> str | None:
+    """The text of the ``error:`` line for a problem the user fixes (None for a crash)."""
+    from extractors.faults import output_error
+    from extractors.runner import NothingToEmbed
+
+    if isinstance(err, OSError):  # writing the sidecar (the runner maps its own writes)
+        mapped = output_error(err, out, _FIX)
+        return None if mapped is None else str(mapped)
+    if isinstance(err, NothingToEmbed):
+        return f"{ALL_FAILED} {err.detail}"
+    return str(err)  # extractors.faults.UsageError and the registry's argument errors
+
+
 def main(argv: list[str] | None = None) -> int:
+    from extractors.faults import die_with_parent, one_line
+
+    die_with_parent()
     args = _parser().parse_args(argv)
+    try:
+        return _main(args)
+    except (ValueError, OSError) as err:
+        text = _error_text(err, args.out)
+        if text is None:
+            raise
+        print(f"error: {one_line(text)}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    from extractors.faults import UsageError, check_device, ensure_writable
+
+    options = _parse_opts(args.opt)
+    check_device(options.get("device"))
+    ensure_writable(args.out, _FIX)
     if args.threads:
         import torch
 
@@ -92,35 +132,28 @@ def main(argv: list[str] | None = None) -> int:
 
     with open(args.records, "rb") as fh:
         records = pickle.load(fh)
-    options = _parse_opts(args.opt)
     start = time.perf_counter()
     try:
         extractor = build_extractor(args.model, layer=args.layer, **options)
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except RuntimeError as err:  # a family's own refusal to load (e.g. weights not given)
+        raise UsageError(str(err)) from None
     load_s = time.perf_counter() - start
     start = time.perf_counter()
-    try:
-        path = run_extraction(
-            args.model,
-            args.dataset,
-            args.out,
-            layer=args.layer,
-            batch_size=args.batch_size,
-            chunk_size=args.chunk_size,
-            options=options,
-            atom_features=not args.no_atom_features,
-            name=args.name,
-            progress=not args.no_progress,
-            extractor=extractor,
-            records=records,
-        )
-    except RuntimeError as err:
-        if "could be embedded" in str(err):
-            print(f"{ALL_FAILED} {err}", file=sys.stderr)
-            return 2
-        raise
+    path = run_extraction(
+        args.model,
+        args.dataset,
+        args.out,
+        layer=args.layer,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        options=options,
+        atom_features=not args.no_atom_features,
+        name=args.name,
+        progress=not args.no_progress,
+        extractor=extractor,
+        records=records,
+        out_option="cache_dir",  # the app's setting: its message says what to change
+    )
     sidecar = {
         "model": args.model,
         "load_s": round(load_s, 3),

@@ -4,6 +4,13 @@ The key of a model's embedding file holds the dataset key and the digest of the 
 and options, the installed versions of the model's packages and the embedding-file format. A model whose file
 exists is not run again; a killed extraction resumes from the chunks the runner left on disk (same key, same work
 directory). Models run one after another by default (each uses every core); ``jobs > 1`` runs several at once.
+
+Runs sharing a cache do not collide: a model's extraction holds a lock next to its file (another run extracting the
+same model on the same records waits for it, then reads the file from the cache), and every file is written under a
+per-process temporary name. An extraction process leads its own process group and dies with the app
+(:func:`extractors.faults.die_with_parent`); an app that is interrupted or stopped ends the groups of its running
+extractions (:func:`experiments.watchdog.terminate_children`) before it exits. A child's own ``error: ...`` line is
+turned into one line of the app's :class:`ExtractionError` (and not echoed as well).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -23,7 +31,8 @@ from typing import Any
 from experiments.cache import content_key, read_json, write_json
 from experiments.data import DatasetStage
 from experiments.extract import ALL_FAILED
-from experiments.watchdog import beat, child
+from experiments.watchdog import beat, child, terminate_children
+from extractors.faults import child_env, ensure_writable, exclusive_lock
 
 __all__ = ["ExtractionError", "ModelRun", "check_models", "extract_models"]
 
@@ -96,20 +105,79 @@ def _key(spec: Any, dataset: DatasetStage, layer: str, options: Mapping[str, Any
     )
 
 
+_ERROR = b"error: "
+_SEGMENT = re.compile(rb"[^\r\n]*[\r\n]?")
+
+
+class _HideErrors:
+    """Filters a child's stderr as it streams: every segment (ended by a newline or a carriage return, so progress
+    bars pass live) is forwarded except the child's ``error: ...`` lines, which the app reports as one of its own."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+        self.show: bool | None = None  # None: the current segment is still undecided
+
+    def feed(self, data: bytes) -> bytes:
+        out = bytearray()
+        for piece in _SEGMENT.findall(data):
+            if not piece:
+                continue
+            ended = piece[-1:] in (b"\r", b"\n")
+            if self.show is None:
+                self.pending += piece
+                body = self.pending.rstrip(b"\r\n")
+                if body.startswith(_ERROR):
+                    self.show = False
+                elif ended or not _ERROR.startswith(body):
+                    self.show = True
+                    out += self.pending
+                if self.show is not None:
+                    self.pending = b""
+            elif self.show:
+                out += piece
+            if ended:
+                self.show = None
+        return bytes(out)
+
+    def close(self) -> bytes:
+        rest, self.pending = self.pending, b""
+        return b"" if self.show is False or rest.startswith(_ERROR) else rest
+
+
 def _pump(stream: Any, sink: Any, tail: collections.deque) -> None:
-    """Copy a child's stderr to ours as it comes (progress bars stay live) and keep its last lines; the child's output
-    is the watchdog's heartbeat."""
+    """Copy a child's stderr to ours as it comes (progress bars stay live; its ``error:`` lines held back) and keep
+    its last lines; the child's output is the watchdog's heartbeat."""
     buf = b""
+    shown = _HideErrors()
     for chunk in iter(lambda: stream.read1(4096), b""):
         beat()
         if sink is not None:
-            sink.write(chunk)
+            sink.write(shown.feed(chunk))
             sink.flush()
         buf += chunk
         *lines, buf = buf.replace(b"\r", b"\n").split(b"\n")
         tail.extend(line for line in lines if line.strip())
+    if sink is not None:
+        sink.write(shown.close())
+        sink.flush()
     if buf.strip():
         tail.append(buf)
+
+
+def _child_error(spec: Any, dataset: DatasetStage, returncode: int, lines: Sequence[str]) -> ExtractionError:
+    """The app's one-line error for a failed extraction process: from the child's last ``error: ...`` line, or its
+    exit code and last lines (a crash)."""
+    said = [line[len("error: ") :] for line in lines if line.startswith("error: ")]
+    if said and ALL_FAILED in said[-1]:
+        reason = said[-1].split(ALL_FAILED, 1)[1].strip()
+        return ExtractionError(
+            f"model {spec.id!r} failed on every structure of dataset {dataset.label!r}: {reason} — drop it from "
+            "models.ids or choose a dataset it supports."
+        )
+    if said:
+        return ExtractionError(f"model {spec.id!r} on dataset {dataset.label!r}: {said[-1]}")
+    head = f"extraction of model {spec.id!r} on {dataset.label!r} exited with code {returncode}"
+    return ExtractionError(head + ":\n" + "\n".join(lines))
 
 
 def _run_one(
@@ -154,30 +222,27 @@ def _run_one(
         cmd += ["--threads", str(int(extraction["threads"]))]
     if not progress:
         cmd.append("--no-progress")
-    env = dict(os.environ)
+    env = child_env()  # the child dies with this process
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
     tail: collections.deque = collections.deque(maxlen=25)
     sink = getattr(sys.stderr, "buffer", None) if progress else None
     with child(proc.pid):  # the watchdog counts its CPU time and kills it if the stage stalls
-        pump = threading.Thread(target=_pump, args=(proc.stderr, sink, tail), daemon=True)
-        pump.start()
-        stdout = proc.stdout.read()
-        proc.wait()
-        pump.join()
+        try:
+            pump = threading.Thread(target=_pump, args=(proc.stderr, sink, tail), daemon=True)
+            pump.start()
+            stdout = proc.stdout.read()
+            proc.wait()
+            pump.join()
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): the child is in its own group, end it here
+            terminate_children([proc.pid])
+            raise
     wall = time.perf_counter() - start
-    text = "\n".join(line.decode(errors="replace") for line in tail)
     if proc.returncode != 0:
-        if ALL_FAILED in text:
-            reason = text.split(ALL_FAILED, 1)[1].strip()
-            raise ExtractionError(
-                f"model {spec.id!r} failed on every structure of dataset {dataset.label!r}: {reason} — drop it from "
-                "models.ids or choose a dataset it supports."
-            )
-        raise ExtractionError(
-            f"extraction of model {spec.id!r} on {dataset.label!r} exited with code {proc.returncode}:\n{text}"
-        )
+        raise _child_error(spec, dataset, proc.returncode, [line.decode(errors="replace") for line in tail])
     path = Path(stdout.decode().strip().splitlines()[-1])
     sidecar_path = path.with_suffix(".json")
     info = read_json(sidecar_path) if sidecar_path.exists() else {}
@@ -217,24 +282,35 @@ def extract_models(
         out_dir = Path(cache_dir) / "embeddings" / m
         plans.append((m, layer, options, key, out_dir))
 
+    def cached(m: str, key: str, path: Path) -> ModelRun:
+        sidecar = path.with_suffix(".json")
+        return ModelRun(m, specs[m].family, key, path, True, read_json(sidecar) if sidecar.exists() else {})
+
     def run(plan: tuple) -> ModelRun:
         m, layer, options, key, out_dir = plan
         path = out_dir / f"{key}.npz"
         if path.exists():
-            sidecar = path.with_suffix(".json")
-            return ModelRun(m, specs[m].family, key, path, True, read_json(sidecar) if sidecar.exists() else {})
+            return cached(m, key, path)
+
+        def waiting(holder: str) -> None:
+            print(f"[extraction] {m}: waiting for {holder}, extracting it into the same cache", file=sys.stderr)
+
         try:
-            info = _run_one(
-                specs[m],
-                dataset,
-                out_dir,
-                key,
-                layer=layer,
-                options=options,
-                python=pythons.get(m, sys.executable),
-                extraction=extraction,
-                progress=progress and jobs == 1,
-            )
+            ensure_writable(out_dir, "set cache_dir= to a writable directory")
+            with exclusive_lock(out_dir / f".{key}.extracting.lock", wait=True, on_wait=waiting, poll=beat):
+                if path.exists():  # another run finished it while this one waited
+                    return cached(m, key, path)
+                info = _run_one(
+                    specs[m],
+                    dataset,
+                    out_dir,
+                    key,
+                    layer=layer,
+                    options=options,
+                    python=pythons.get(m, sys.executable),
+                    extraction=extraction,
+                    progress=progress and jobs == 1,
+                )
         except ExtractionError as err:
             if on_error == "raise":
                 raise
@@ -245,4 +321,8 @@ def extract_models(
     if jobs == 1:
         return [run(p) for p in plans]
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        return list(pool.map(run, plans))
+        try:
+            return list(pool.map(run, plans))
+        except BaseException:  # the worker threads wait on their children: end those before the pool joins them
+            terminate_children()
+            raise

@@ -10,6 +10,11 @@ directory receives ``results/`` (matrices as ``.npz`` and ``.csv``, ``results.js
 Every stage runs under the watchdog (:mod:`experiments.watchdog`, config ``watchdog``): a stage that makes no
 progress for ``watchdog.stall_s`` seconds ends the run with one ``error: stage ...`` line and exit code 2, and is
 recorded in ``stage_log.jsonl`` with status ``stalled``.
+
+The run and cache directories are checked for writing before any stage (one ``error: ...`` line otherwise). Runs may
+share a cache: every file is written under a per-process temporary name and renamed, and extraction holds a lock per
+model file (see :mod:`experiments.extraction`). ``debug.stop_after`` (tests) ends the run after the dataset or the
+extraction stage.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import datetime
 import functools
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -173,12 +179,15 @@ def _stage(log: StageLog, dog: Watchdog, name: str) -> Iterator[dict[str, Any]]:
 
 def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = "") -> dict[str, Any]:
     """Run every stage for the resolved configuration ``cfg`` and write the results into ``run_dir``."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(cfg["cache_dir"])
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    from extractors.faults import ensure_writable
+
+    run_dir = ensure_writable(run_dir, "set hydra.run.dir= to a writable directory")
+    cache_dir = ensure_writable(Path(cfg["cache_dir"]), "set cache_dir= to a writable directory")
     progress = bool(cfg.get("progress", True))
     debug = dict(cfg.get("debug") or {})
+    stop_after = debug.get("stop_after")
+    if stop_after not in (None, "dataset", "extraction"):
+        raise ValueError(f"debug.stop_after must be null, 'dataset' or 'extraction', got {stop_after!r}.")
     _setup_jax(cache_dir, cfg)
     log = StageLog(run_dir / "stage_log.jsonl")
     dog = Watchdog(WatchdogConfig.from_mapping(cfg.get("watchdog")), dump_path=run_dir / "watchdog_stacks.txt")
@@ -195,6 +204,8 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
             f"molecules, {s['n_periodic']} periodic, {s['atoms_total']} atoms)"
         )
 
+    if stop_after == "dataset":
+        return {"dataset": s}
     with stage("extraction") as e:
         runs = extract_models(ds, cfg["models"], cache_dir, cfg.get("extraction") or {}, progress=progress)
         for r in runs:
@@ -203,6 +214,8 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         e["summary"] = f"{len(runs)} models on {s['n_selected']} structures" + (f"; failed: {failed}" if failed else "")
         e["models"] = {r.model: r.info.get("wall_s") for r in runs}
 
+    if stop_after == "extraction":
+        return {"dataset": s, "extraction": runs}
     acfg = dict(cfg["analysis"])
     aligned = align_models(runs, s["n_selected"], min_coverage=float(acfg.get("min_coverage", 0.5)))
     ctx = analysis.Context(
@@ -262,12 +275,16 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         fkey = content_key("figures", {"results": _digest(results), "code": _source_digest(sources)})
         fdir = cache_dir / "figures" / fkey
         if not (fdir / "figures.json").exists():
-            tmp = cache_dir / "figures" / f".{fkey}.tmp"
+            tmp = cache_dir / "figures" / f".{fkey}.tmp{os.getpid()}"  # per process: runs may share the cache
             shutil.rmtree(tmp, ignore_errors=True)
             drawn = figures.draw_figures(figures.figure_plan(results), tmp, progress=progress)
             write_json(tmp / "figures.json", drawn)
-            shutil.rmtree(fdir, ignore_errors=True)
-            tmp.rename(fdir)
+            if fdir.exists() and not (fdir / "figures.json").exists():
+                shutil.rmtree(fdir, ignore_errors=True)  # an unfinished directory of an older layout
+            try:
+                tmp.rename(fdir)
+            except OSError:  # another run sharing the cache renamed the same figures into place first
+                shutil.rmtree(tmp, ignore_errors=True)
             e["computed"] += len(drawn)
         else:
             e["cached"] += len(read_json(fdir / "figures.json"))

@@ -36,7 +36,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ __all__ = [
     "cpu_seconds",
     "sample_now",
     "stall_message",
+    "terminate_children",
 ]
 
 #: exit status of a run that the watchdog ended: the app's code for every error with a one-line message.
@@ -68,12 +69,51 @@ def beat() -> None:
 
 @contextlib.contextmanager
 def child(pid: int) -> Iterator[None]:
-    """Count the running child process ``pid`` in the CPU time and kill it if the stage stalls."""
+    """Count the running child process ``pid`` in the CPU time and kill it (with its process group: extraction
+    children lead their own) if the stage stalls or the app is stopped (:func:`terminate_children`)."""
     _children.add(pid)
     try:
         yield
     finally:
         _children.discard(pid)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to the process group led by ``pid`` (or to ``pid`` alone when it leads none)."""
+    try:
+        os.killpg(pid, sig)
+    except (OSError, AttributeError):
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie — dead, not yet reaped — does not; without ``/proc`` it counts)."""
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def terminate_children(pids: Iterable[int] | None = None, grace_s: float = 3.0) -> None:
+    """End the extraction children ``pids`` (default: every registered one) with their process groups: SIGTERM,
+    then SIGKILL after ``grace_s`` seconds."""
+    pids = list(_children if pids is None else pids)
+    for pid in pids:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        if _running(pid):
+            _signal_group(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def _proc_cpu(pid: int) -> float:
@@ -250,7 +290,6 @@ class Watchdog:
                 with contextlib.suppress(Exception):
                     on_stall(message, rule.last.t - rule.start)
             for pid in list(_children):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+                _signal_group(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
         finally:
             os._exit(EXIT_CODE)

@@ -1,4 +1,9 @@
-"""Command line: ``python -m extractors list`` and ``python -m extractors run``."""
+"""Command line: ``python -m extractors list`` and ``python -m extractors run``.
+
+Exit codes: 0 done, 2 a problem the user fixes (one ``error: ...`` line on stderr naming the file, frame, directory
+or option and the fix: see :mod:`extractors.faults`), 3 stopped by ``--max-chunks`` (run again to resume), 1 a
+crash (a traceback).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from extractors.faults import UsageError, child_env, die_with_parent, one_line
+
 __all__ = ["main"]
 
 _EXIT_STOPPED = 3
@@ -20,7 +27,7 @@ def _parse_opts(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--opt expects KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--opt/--dataset-opt expects KEY=VALUE, got {pair!r}.")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -47,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset-opt", action="append", default=[], metavar="KEY=VALUE", help="dataset reader option")
     run.add_argument("--drop-single-atoms", action="store_true", help="seed 003 filter: drop 1-atom structures")
     run.add_argument("--drop-unsupported", action="store_true", help="drop structures the model cannot embed")
+    run.add_argument(
+        "--skip-bad-frames",
+        action="store_true",
+        help="extended XYZ: skip frames ASE cannot parse (listed in meta['dropped']) instead of stopping",
+    )
     run.add_argument("--no-atom-features", action="store_true", help="skip per-atom arrays")
     run.add_argument("--name", help="output file stem (default <model>__<dataset>__<layer>)")
     run.add_argument("--max-chunks", type=int, help="stop after writing this many chunks (resume later)")
@@ -82,7 +94,8 @@ def _list(as_json: bool) -> int:
 
 
 def _reexec(python: str, argv: list[str]) -> int:
-    """Run the same command under ``python`` with this package importable; return its exit code."""
+    """Run the same command under ``python`` with this package importable; return its exit code. The child ends
+    when this process dies (:func:`~extractors.faults.die_with_parent`)."""
     args, skip = [], False
     for a in argv:
         if skip:
@@ -92,21 +105,18 @@ def _reexec(python: str, argv: list[str]) -> int:
         elif not a.startswith("--python="):
             args.append(a)
     root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ)
+    env = child_env()
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return subprocess.call([python, "-m", "extractors", *args], env=env)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
-    if args.command == "list":
-        return _list(args.json)
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.python:
         if not os.access(args.python, os.X_OK):
-            print(f"error: --python {args.python} is not an executable interpreter", file=sys.stderr)
-            return 2
+            raise UsageError(f"--python {args.python} is not an executable interpreter.")
         return _reexec(args.python, argv)
+    options = _parse_opts(args.opt)
+    dataset_options = _parse_opts(args.dataset_opt)
     if args.threads:
         import torch
 
@@ -123,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             layer=args.layer,
             batch_size=args.batch_size,
             chunk_size=args.chunk_size,
-            options=_parse_opts(args.opt),
-            dataset_options=_parse_opts(args.dataset_opt),
+            options=options,
+            dataset_options=dataset_options,
             drop_single_atoms=args.drop_single_atoms,
             drop_unsupported=args.drop_unsupported,
+            skip_bad_frames=args.skip_bad_frames,
             atom_features=not args.no_atom_features,
             name=args.name,
             progress=not args.no_progress,
@@ -135,11 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     except ExtractionStopped as stop:
         print(f"[extractors] {stop}", file=sys.stderr)
         return _EXIT_STOPPED
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(path)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        return _list(args.json)
+    die_with_parent()
+    try:
+        return _run(args, argv)
+    except ValueError as err:  # UsageError and the readers' and registry's argument errors
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -121,8 +121,10 @@ class Extractor:
             return f"model {self.spec.id} needs a protein sequence; record has none"
         return None
 
-    def embed(self, records: Sequence[Record]) -> list[Embedded]:
-        """Embed a batch; may raise, in which case the runner retries the records one at a time."""
+    def embed(self, records: Sequence[Record]) -> list[Embedded | str]:
+        """Embed a batch: one :class:`Embedded` per record, or a string — the reason — for a record the model
+        refuses (the runner records it in ``meta['failures']``). May raise, in which case the runner retries the
+        records one at a time."""
         raise NotImplementedError
 
     def info(self) -> dict[str, Any]:

@@ -18,8 +18,11 @@ is named by a spec string, parsed by :func:`load_dataset`:
 ``smiles:PATH``     CSV with a ``smiles`` column (optional ``id`` and ``energy`` columns).
 ==================  =====================================================================================
 
-A bare path is read by its extension. :func:`filter_records` implements seed 003's filters (drop single-atom
-structures and structures with elements a model does not support) and :func:`subsample` the seeded draw of N.
+A bare path is read by its extension. Extended XYZ frames are parsed one by one (:func:`read_extxyz_frames`): a
+frame ASE cannot parse is named (file, frame, line) in a :class:`BadFrameError`, or skipped and reported with
+``skip_bad_frames`` (:func:`read_dataset`); an empty file is an error. :func:`filter_records` implements seed 003's
+filters (drop single-atom structures and structures with elements a model does not support) and :func:`subsample`
+the seeded draw of N.
 Only numpy and ASE are imported at module level; RDKit and Biopython load when their reader runs.
 """
 
@@ -36,14 +39,22 @@ from typing import Any
 
 import numpy as np
 
+from extractors.faults import UsageError
+
 __all__ = [
     "HARTREE_TO_EV",
+    "BadFrame",
+    "BadFrameError",
+    "DatasetRead",
     "Record",
+    "checked_frames",
     "filter_records",
     "load_dataset",
     "read_asedb",
+    "read_dataset",
     "read_default",
     "read_extxyz",
+    "read_extxyz_frames",
     "read_pdb",
     "read_qm9",
     "read_smiles_csv",
@@ -153,18 +164,168 @@ def _atoms_energy(atoms: Any) -> float | None:
     return None
 
 
-def read_extxyz(path: str | Path, *, id_key: str | None = None) -> list[Record]:
-    """Extended XYZ: one record per frame, id ``<stem>:<frame>`` (or ``atoms.info[id_key]``), energy from the
-    attached calculator or ``info['energy' | 'REF_energy' | ...]``."""
-    from ase.io import read
+@dataclasses.dataclass(frozen=True)
+class BadFrame:
+    """A frame of an extended XYZ file that ASE cannot parse: its would-be record ``id``, the file, the frame index
+    (from 0, as in the ids), the line where the frame starts (from 1) and the reason."""
+
+    id: str
+    path: str
+    frame: int
+    line: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.path} frame {self.frame} (line {self.line}): {self.reason}"
+
+    def as_record(self) -> dict[str, str]:
+        """The ``{"id", "reason"}`` entry of an embedding file's ``dropped`` list."""
+        return {"id": self.id, "reason": f"unreadable frame {self.frame} (line {self.line}): {self.reason}"}
+
+
+class BadFrameError(UsageError):
+    """An extended XYZ file holds frames ASE cannot parse (or breaks the frame structure); one line names the first
+    frame, its line and the fix."""
+
+
+#: how a message names the option that skips unreadable frames (extractor CLI and app).
+SKIP_HINT = "--skip-bad-frames (app: dataset.skip_bad_frames=true)"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetRead:
+    """What :func:`read_dataset` read: the records and the frames it skipped (``skip_bad_frames``)."""
+
+    records: list[Record]
+    skipped: list[BadFrame]
+
+
+def _open_text(path: Path) -> Any:
+    if path.suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rt")
+    if path.suffix == ".bz2":
+        import bz2
+
+        return bz2.open(path, "rt")
+    if path.suffix in (".xz", ".lzma"):
+        import lzma
+
+        return lzma.open(path, "rt")
+    return open(path)
+
+
+def _extxyz_chunks(fh: Any, path: Path) -> Iterable[tuple[int, int, str | None, str]]:
+    """Split an extended XYZ stream into frames: yields ``(frame, first line, problem, text)``.
+
+    A frame is a count line, a comment line, that many atom lines and up to three ``VEC`` lines (ASE's layout);
+    blank lines between frames are skipped. A count line that is not a non-negative integer loses the frame
+    boundaries, so it raises :class:`BadFrameError`; a file that ends inside a frame yields that last frame with a
+    ``problem``.
+    """
+    lineno, frame, prev_start, pending = 0, 0, None, None
+
+    def next_line() -> str:
+        nonlocal lineno, pending
+        if pending is not None:
+            line, pending = pending, None
+        else:
+            line = fh.readline()
+        lineno += 1 if line else 0
+        return line
+
+    while True:
+        header = next_line()
+        if not header:
+            return
+        if not header.strip():
+            continue
+        start = lineno
+        try:
+            natoms = int(header)
+            if natoms < 0:
+                raise ValueError
+        except ValueError:
+            hint = (
+                f"; frame {frame - 1} (from line {prev_start}) may hold fewer or more atom lines than its count says"
+                if frame
+                else ""
+            )
+            raise BadFrameError(
+                f"{path} line {start}: expected the atom count of frame {frame}, got {header.strip()[:60]!r}{hint}; "
+                "fix the file (a frame whose boundaries are lost cannot be skipped)."
+            ) from None
+        lines = [header]
+        for _ in range(natoms + 1):
+            line = next_line()
+            if not line:
+                got = max(len(lines) - 2, 0)
+                yield frame, start, f"the file ends inside the frame ({got} of {natoms} atom lines)", ""
+                return
+            lines.append(line)
+        for _ in range(3):
+            line = next_line()
+            if line.lstrip().startswith("VEC"):
+                lines.append(line)
+            else:
+                pending, lineno = line, lineno - (1 if line else 0)
+                break
+        yield frame, start, None, "".join(lines)
+        frame, prev_start = frame + 1, start
+
+
+def read_extxyz_frames(path: str | Path, *, id_key: str | None = None) -> DatasetRead:
+    """Every frame of an extended XYZ file (plain, ``.gz``, ``.bz2`` or ``.xz``) parsed on its own, so that a frame
+    ASE cannot parse (a 6-value ``stress``, a malformed number, a wrong column count) becomes a :class:`BadFrame`
+    instead of ending the read. Ids as in :func:`read_extxyz`. Raises :class:`BadFrameError` when the frame
+    structure itself is broken (a count line that is not an integer)."""
+    from ase.io.extxyz import read_xyz
 
     path = Path(path)
-    frames = read(path, index=":", format="extxyz")
-    out = []
-    for i, atoms in enumerate(frames):
-        rid = str(atoms.info[id_key]) if id_key and id_key in atoms.info else f"{path.stem}:{i}"
-        out.append(Record(id=rid, atoms=atoms, smiles=atoms.info.get("smiles"), energy=_atoms_energy(atoms)))
-    return out
+    records: list[Record] = []
+    bad: list[BadFrame] = []
+    with _open_text(path) as fh:
+        for i, line, problem, text in _extxyz_chunks(fh, path):
+            default_id = f"{path.stem}:{i}"
+            if problem is None:
+                try:
+                    atoms = next(read_xyz(io.StringIO(text), 0))
+                    rid = str(atoms.info[id_key]) if id_key and id_key in atoms.info else default_id
+                    smiles = atoms.info.get("smiles")
+                    records.append(Record(id=rid, atoms=atoms, smiles=smiles, energy=_atoms_energy(atoms)))
+                    continue
+                except Exception as err:
+                    problem = " ".join(str(err).split()) or type(err).__name__
+            bad.append(BadFrame(default_id, str(path), i, line, problem))
+    return DatasetRead(records, bad)
+
+
+def checked_frames(path: str | Path, read: DatasetRead, skip_bad_frames: bool) -> list[Record]:
+    """The records of ``read`` (from :func:`read_extxyz_frames` on ``path``), or the one-line
+    :class:`BadFrameError`: unreadable frames without ``skip_bad_frames`` (the first named, the others counted), or a
+    file with no readable frame at all."""
+    bad = read.skipped
+    if bad and not skip_bad_frames:
+        more = f"; {len(bad) - 1} more unreadable frame(s) after it" if len(bad) > 1 else ""
+        raise BadFrameError(
+            f"{bad[0].describe()}{more}; fix the frame, or skip unreadable frames and list them in the output with "
+            f"{SKIP_HINT}."
+        )
+    if not read.records:
+        what = f"all {len(bad)} of its frames are unreadable" if bad else "it holds no frame (empty file)"
+        raise BadFrameError(f"extended XYZ file {path}: {what}; check the path or regenerate the file.")
+    return read.records
+
+
+def read_extxyz(path: str | Path, *, id_key: str | None = None, skip_bad_frames: bool = False) -> list[Record]:
+    """Extended XYZ: one record per frame, id ``<stem>:<frame>`` (or ``atoms.info[id_key]``), energy from the
+    attached calculator or ``info['energy' | 'REF_energy' | ...]``.
+
+    A frame ASE cannot parse raises :class:`BadFrameError` naming it, unless ``skip_bad_frames`` (then it is left
+    out; :func:`read_dataset` reports which). A file without any readable frame raises too.
+    """
+    return checked_frames(path, read_extxyz_frames(path, id_key=id_key), skip_bad_frames)
 
 
 def read_asedb(path: str | Path, *, selection: str | None = None) -> list[Record]:
@@ -352,7 +513,9 @@ def _kind_from_path(path: Path) -> str:
         return "qm9"
     if path.is_dir() and any(p.suffix in (".cif", ".pdb") for p in path.iterdir()):
         return "pdb"
-    if path.suffix in (".xyz", ".extxyz"):
+    if path.suffix in (".xyz", ".extxyz") or any(
+        suffixes.endswith(f"{x}{c}") for x in (".xyz", ".extxyz") for c in (".gz", ".bz2", ".xz")
+    ):
         return "extxyz"
     raise ValueError(
         f"cannot tell the format of {path}; name it explicitly, e.g. 'extxyz:{path}' "
@@ -360,11 +523,15 @@ def _kind_from_path(path: Path) -> str:
     )
 
 
-def load_dataset(spec: str, **options: Any) -> list[Record]:
-    """Read the dataset named by ``spec`` (see the module docstring); ``options`` go to its reader."""
+def read_dataset(spec: str, *, skip_bad_frames: bool = False, **options: Any) -> DatasetRead:
+    """Read the dataset named by ``spec`` (see the module docstring); ``options`` go to its reader.
+
+    ``skip_bad_frames`` (extended XYZ): leave out the frames ASE cannot parse and return them in
+    :attr:`DatasetRead.skipped`; without it the first one raises :class:`BadFrameError`. Other formats ignore it.
+    """
     if spec in ("default", "default:id", "default:ood"):
         split = spec.split(":")[1] if ":" in spec else None
-        return read_default(split=split, **options)
+        return DatasetRead(read_default(split=split, **options), [])
     kind, sep, rest = spec.partition(":")
     if sep and kind in _READERS:
         path = Path(rest)
@@ -373,12 +540,22 @@ def load_dataset(spec: str, **options: Any) -> list[Record]:
         kind = _kind_from_path(path)
     if not path.exists():
         raise ValueError(f"dataset path {path} does not exist.")
-    records = _READERS[kind](path, **options)
+    skipped: list[BadFrame] = []
+    if kind == "extxyz":
+        read = read_extxyz_frames(path, **options)
+        records, skipped = checked_frames(path, read, skip_bad_frames), read.skipped
+    else:
+        records = _READERS[kind](path, **options)
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"dataset {spec!r} has duplicate record id {dup!r}; ids must be unique.")
-    return records
+    return DatasetRead(records, skipped)
+
+
+def load_dataset(spec: str, **options: Any) -> list[Record]:
+    """The records of :func:`read_dataset` (``options`` may include ``skip_bad_frames``)."""
+    return read_dataset(spec, **options).records
 
 
 def filter_records(

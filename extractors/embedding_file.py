@@ -65,6 +65,10 @@ def write_npz(path: str | Path, arrays: Mapping[str, Any]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None:  # a failed write or fsync names no file: name the target (e.g. "disk full")
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -17,6 +17,7 @@ from typing import Any
 
 from extractors import models
 from extractors.base import Extractor, ModelSpec
+from extractors.faults import UsageError, check_device
 
 __all__ = ["FAMILIES", "available", "build_extractor", "get_spec", "specs"]
 
@@ -51,7 +52,7 @@ def get_spec(model: str) -> ModelSpec:
     """The spec of ``model``; ValueError listing the known ids otherwise."""
     table = specs()
     if model not in table:
-        raise ValueError(
+        raise UsageError(
             f"unknown model {model!r}; known models: {', '.join(table)} (see `python -m extractors list`)."
         )
     return table[model]
@@ -70,13 +71,20 @@ def available(spec: ModelSpec) -> list[str]:
 
 def build_extractor(model: str, **options: Any) -> Extractor:
     """Load ``model`` (its weights, tokenizer, …) and return its extractor; ``options`` go to the family's
-    ``build`` (e.g. ``layer``, ``device``, SOAP ``species``)."""
+    ``build`` (e.g. ``layer``, ``device``, SOAP ``species``).
+
+    Checked before anything loads, each a one-line :class:`~extractors.faults.UsageError`: an unknown model, its
+    packages missing here and a ``device`` this torch cannot use; a weights file that does not exist is one too."""
     spec = get_spec(model)
     missing = available(spec)
     if missing:
-        raise RuntimeError(
+        raise UsageError(
             f"model {model!r} needs the package(s) {missing}, missing from this interpreter; install them or run "
             "under an interpreter that has them with --python /path/to/env/bin/python."
         )
+    check_device(options.get("device"))
     with contextlib.redirect_stdout(sys.stderr):  # keep load chatter off stdout (the CLI prints the file path there)
-        return _module(spec.family).build(spec, **options)
+        try:
+            return _module(spec.family).build(spec, **options)
+        except FileNotFoundError as err:  # a weights file or directory given by the user (--opt weights=...)
+            raise UsageError(f"model {model!r}: {err}; check the path given in its options.") from None

@@ -6,8 +6,13 @@ records; then embed chunk by chunk. Each chunk (``chunk_size`` records, embedded
 written atomically to a work directory next to the output; a run that finds the work directory of the *same* run
 (same model, dataset, options and record ids) resumes after its last finished chunk. A batch that raises is retried
 one record at a time, so a failing structure becomes a failure record (id and reason) and never takes the others
-with it. When every chunk is done the file is assembled, written to a temporary name and renamed into place, and
-the work directory is removed.
+with it; an extractor may also return the reason for a record it refuses (CHGNet's isolated atoms). When every chunk
+is done the file is assembled, written to a temporary name and renamed into place, and the work directory is removed.
+
+One process at a time writes a given file: the run holds a lock next to it (``.<name>.lock``) and a second run
+stops with a "cache in use" error. Problems the user fixes are one-line errors (:class:`~extractors.faults.UsageError`),
+found before the model loads where possible (device, output directory, dataset); such an error also removes the
+work directory, while a crash or a kill leaves it for the next run to resume.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from extractors.base import Embedded, Extractor
-from extractors.datasets import Record, filter_records, load_dataset, subsample
+from extractors.datasets import DatasetRead, Record, filter_records, read_dataset, subsample
 from extractors.embedding_file import FORMAT, concat, ids_sha256, meta_json, read_npz, write_npz
+from extractors.faults import UsageError, check_device, ensure_writable, exclusive_lock, output_error
 from extractors.registry import build_extractor
 
-__all__ = ["ExtractionStopped", "output_path", "run_extraction"]
+__all__ = ["ExtractionStopped", "NothingToEmbed", "output_path", "run_extraction"]
 
 
 class ExtractionStopped(RuntimeError):
@@ -154,32 +160,82 @@ def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------- run
+class NothingToEmbed(UsageError):
+    """No structure of the dataset can be embedded: every one was dropped by the filters or failed in the model.
+    ``detail`` is the message without its lead and fix (how many, and an example)."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What identifies a run besides its records: the settings written to the file's ``meta`` and hashed into the
+    work directory's key."""
+
+    model: str
+    dataset: str
+    dataset_options: dict[str, Any]
+    layer: str
+    n: int | None
+    seed: int
+    filters: dict[str, bool]
+    extractor_args: dict[str, Any]
+
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     records: list[Record]
     dropped: list[dict[str, str]]
 
 
+def _read(
+    dataset: str, dataset_options: dict[str, Any], records: Sequence[Record] | None, skip_bad_frames: bool
+) -> DatasetRead:
+    """The dataset's records (``records`` when given) and the unreadable frames skipped, reported on stderr."""
+    if records is not None:
+        return DatasetRead(list(records), [])
+    read = read_dataset(dataset, skip_bad_frames=skip_bad_frames, **dataset_options)
+    if read.skipped:
+        first = read.skipped[0]
+        more = f" and {len(read.skipped) - 1} more" if len(read.skipped) > 1 else ""
+        print(
+            f"[extractors] skipped {len(read.skipped)} unreadable frame(s) of {dataset}: frame {first.frame} "
+            f"(line {first.line}){more}; listed in meta['dropped']",
+            file=sys.stderr,
+        )
+    return read
+
+
 def _plan(
     extractor: Extractor,
+    read: DatasetRead,
     dataset: str,
-    dataset_options: dict[str, Any],
     n: int | None,
     seed: int,
     drop_single_atoms: bool,
     drop_unsupported: bool,
-    records: Sequence[Record] | None,
 ) -> _Plan:
-    recs = list(records) if records is not None else load_dataset(dataset, **dataset_options)
-    dropped: list[dict[str, str]] = []
+    recs = read.records
+    dropped: list[dict[str, str]] = [b.as_record() for b in read.skipped]
     if drop_single_atoms:
-        recs, dropped = filter_records(recs, min_atoms=2)
+        recs, gone = filter_records(recs, min_atoms=2)
+        dropped += gone
     if drop_unsupported:
         kept = []
         for r in recs:
             reason = extractor.check(r)
             (kept.append(r) if reason is None else dropped.append({"id": r.id, "reason": reason}))
         recs = kept
+    if not recs:
+        example = f" (e.g. {dropped[0]['id']}: {dropped[0]['reason']})" if dropped else ""
+        detail = f"all {len(dropped)} were dropped by the filters{example}"
+        raise NothingToEmbed(
+            f"no structure of {dataset} is left to embed by {extractor.spec.id}: {detail}; drop --drop-unsupported "
+            "/ --drop-single-atoms or choose a dataset the model supports.",
+            detail,
+        )
     return _Plan(subsample(recs, n, seed=seed), dropped)
 
 
@@ -197,6 +253,7 @@ def run_extraction(
     dataset_options: dict[str, Any] | None = None,
     drop_single_atoms: bool = False,
     drop_unsupported: bool = False,
+    skip_bad_frames: bool = False,
     atom_features: bool = True,
     name: str | None = None,
     progress: bool = True,
@@ -204,15 +261,23 @@ def run_extraction(
     extractor: Extractor | None = None,
     records: Sequence[Record] | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    out_option: str = "--out",
 ) -> Path:
     """Extract ``model`` on ``dataset`` into ``out_dir`` and return the path of the finished embedding file.
 
     ``n``/``seed``: seeded subsample; ``options``: passed to the model family's ``build`` (e.g. ``device``, SOAP
     ``species``); ``drop_single_atoms``/``drop_unsupported``: seed 003's filters, applied before subsampling (the
     dropped ids are listed in the metadata; without them unsupported structures become failure records);
+    ``skip_bad_frames``: leave out extended-XYZ frames ASE cannot parse (listed in ``dropped``) instead of stopping;
     ``atom_features=False`` skips per-atom arrays. ``max_chunks`` stops (raising :class:`ExtractionStopped`)
     after that many newly written chunks; ``on_chunk(i)`` is called after chunk ``i`` is on disk. ``extractor`` and
     ``records`` let a caller reuse a loaded model or an in-memory dataset.
+
+    Problems the user fixes raise :class:`~extractors.faults.UsageError` (one line) before the model is loaded
+    where possible: a device torch does not have, an output directory that cannot be written (``out_option`` names
+    the setting to change in the message), an unreadable dataset; then no structure left to embed or none embedded
+    (:class:`NothingToEmbed`), a full disk, and another process writing the same file (:class:`CacheBusy`: one
+    lock per output file). Such an error removes the run's work directory; a crash or a kill keeps it to resume.
 
     The file's ``meta`` records: ``format``, ``model``, ``family``, ``model_config``, ``layer``, ``pooling``,
     ``dataset``, ``dataset_options``, ``n``, ``seed``, ``filters``, ``n_structures``, ``n_requested``,
@@ -225,44 +290,94 @@ def run_extraction(
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size ({batch_size}) and chunk_size ({chunk_size}) must be positive.")
     if extractor is None:
+        check_device(options.get("device"))
+    out_dir = Path(out_dir)
+    fix = f"choose another {out_option}"
+    ensure_writable(out_dir, fix)
+    read = _read(dataset, dataset_options, records, skip_bad_frames)
+    if extractor is None:
         extractor = build_extractor(model, layer=layer, **options)
-    plan = _plan(extractor, dataset, dataset_options, n, seed, drop_single_atoms, drop_unsupported, records)
+    plan = _plan(extractor, read, dataset, n, seed, drop_single_atoms, drop_unsupported)
+    target = out_dir / f"{name}.npz" if name else output_path(out_dir, model, dataset, layer, n=n, seed=seed)
+    lock = target.with_name(f".{target.stem}.lock")
+
+    def busy(holder: str) -> str:
+        return f"{target} is being written by {holder} (cache in use, lock {lock.name}); wait for it or {fix}."
+
+    job = _Job(
+        model=model,
+        dataset=dataset,
+        dataset_options=dataset_options,
+        layer=layer,
+        n=n,
+        seed=seed,
+        filters={
+            "drop_single_atoms": drop_single_atoms,
+            "drop_unsupported": drop_unsupported,
+            "skip_bad_frames": skip_bad_frames,
+        },
+        extractor_args={
+            "batch_size": batch_size,
+            "chunk_size": chunk_size,
+            "options": options,
+            "atom_features": atom_features,
+        },
+    )
+    with exclusive_lock(lock, wait=False, busy=busy):
+        for stale in out_dir.glob(f".{target.name}.tmp*"):  # left by a killed writer; the lock excludes live ones
+            stale.unlink(missing_ok=True)
+        work = target.with_name(f".{target.stem}.work")
+        try:
+            return _extract(extractor, plan, job, target, work, progress, max_chunks, on_chunk)
+        except UsageError:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        except OSError as err:
+            mapped = output_error(err, out_dir, fix)
+            if mapped is None:
+                raise
+            shutil.rmtree(work, ignore_errors=True)
+            raise mapped from None
+
+
+def _extract(
+    extractor: Extractor,
+    plan: _Plan,
+    job: _Job,
+    target: Path,
+    work: Path,
+    progress: bool,
+    max_chunks: int | None,
+    on_chunk: Callable[[int], None] | None,
+) -> Path:
+    """The chunked, resumable embedding into ``work`` and the assembly of ``target`` (under the output's lock)."""
     recs = plan.records
-    if not recs:
-        raise ValueError(f"dataset {dataset!r} has no records left to embed (after filters and subsampling).")
     extractor.prepare(recs)
     with_numbers = all(r.atoms is not None for r in recs)
-
-    out_dir = Path(out_dir)
-    target = out_dir / f"{name}.npz" if name else output_path(out_dir, model, dataset, layer, n=n, seed=seed)
-    work = target.with_name(f".{target.stem}.work")
     requested_sha = ids_sha256(r.id for r in recs)
-    extractor_args = {
-        "batch_size": batch_size,
-        "chunk_size": chunk_size,
-        "options": options,
-        "atom_features": atom_features,
+    batch_size, chunk_size = job.extractor_args["batch_size"], job.extractor_args["chunk_size"]
+    atom_features = job.extractor_args["atom_features"]
+    settings = {
+        "format": FORMAT,
+        "model": job.model,
+        "dataset": job.dataset,
+        "dataset_options": job.dataset_options,
+        "layer": job.layer,
+        "n": job.n,
+        "seed": job.seed,
+        "filters": job.filters,
+        "extractor_args": job.extractor_args,
     }
-    filters = {"drop_single_atoms": drop_single_atoms, "drop_unsupported": drop_unsupported}
     key = hashlib.sha256(
         meta_json(
-            {
-                "format": FORMAT,
-                "model": model,
-                "dataset": dataset,
-                "dataset_options": dataset_options,
-                "layer": layer,
-                "n": n,
-                "seed": seed,
-                "filters": filters,
-                "extractor_args": extractor_args,
-                "requested_ids_sha256": requested_sha,
-                "package_versions": extractor.package_versions(),
-            }
+            {**settings, "requested_ids_sha256": requested_sha, "package_versions": extractor.package_versions()}
         ).encode()
     ).hexdigest()
     state_file = work / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else None
+    try:
+        state = json.loads(state_file.read_text()) if state_file.exists() else None
+    except (OSError, json.JSONDecodeError):
+        state = None
     if state is None or state.get("key") != key:
         if work.exists():
             print(f"[extractors] discarding work dir of a different run: {work}", file=sys.stderr)
@@ -277,7 +392,7 @@ def run_extraction(
     initial = sum(min(chunk_size, len(recs) - i * chunk_size) for i in range(n_chunks) if done[i])
     if initial:
         print(f"[extractors] resuming {target.name}: {sum(done)}/{n_chunks} chunks done", file=sys.stderr)
-    bar = _progress(len(recs), initial, model, progress)
+    bar = _progress(len(recs), initial, job.model, progress)
     written = 0
     try:
         for i, f in enumerate(chunk_files):
@@ -297,7 +412,13 @@ def run_extraction(
     failures = [x for c in chunks for x in json.loads(str(c["failures"]))]
     ids = [str(s) for c in chunks for s in c["structure_ids"]]
     if not ids:
-        raise RuntimeError(f"no structure of {dataset!r} could be embedded by {model}; first failures: {failures[:5]}")
+        example = f" (e.g. {failures[0]['id']}: {failures[0]['reason']})" if failures else ""
+        detail = f"all {len(failures)} failed{example}"
+        raise NothingToEmbed(
+            f"no structure of {job.dataset} could be embedded by {job.model}: {detail}; choose a model that "
+            "supports these structures or a dataset this model supports.",
+            detail,
+        )
 
     def cat(key: str, dtype: Any) -> np.ndarray:
         parts = [c[key] for c in chunks if len(c[key])]
@@ -314,24 +435,16 @@ def run_extraction(
         arrays["energy"] = cat("energy", np.float64)
     arrays["structure_ids"] = np.array(ids, dtype=str)
     meta = {
-        "format": FORMAT,
-        "model": model,
+        **settings,
         "family": extractor.spec.family,
         "model_config": extractor.spec.config,
-        "layer": layer,
         "pooling": extractor.pooling,
-        "dataset": dataset,
-        "dataset_options": dataset_options,
-        "n": n,
-        "seed": seed,
-        "filters": filters,
         "n_structures": len(ids),
         "n_requested": len(recs),
         "structure_ids_sha256": ids_sha256(ids),
         "requested_ids_sha256": requested_sha,
         "failures": failures,
         "dropped": plan.dropped,
-        "extractor_args": extractor_args,
         "model_info": extractor.info(),
         "package_versions": extractor.package_versions(),
         "python": platform.python_version(),

@@ -5,6 +5,11 @@ the last atom-conv layer (and readout norm) that the readout MLP turns into site
 is a different, earlier layer and ``crystal_fea`` is a sum, so neither is used. The energy is the model's own
 prediction (eV/atom × n_atoms, as ``CHGNetCalculator`` reports it). Molecules get a cell: ``center(vacuum=10)``
 and ``pbc=True``.
+
+CHGNet refuses a structure with an isolated atom — one without a neighbour within its 6 Å atom-graph cutoff, such
+as a single atom in its box or a far-away fragment (its graph converter raises; "CHGNet calculation will likely go
+wrong"). Such a structure is not embedded: :meth:`CHGNetExtractor.embed` returns the reason for it (naming the
+atoms), which the runner records in the file's ``meta['failures']``, and the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ class CHGNetExtractor(Extractor):
 
         self.model = CHGNet.load(model_name=spec.config["model_name"], use_device=device, verbose=False)
         self.model.eval()
-        self.model.graph_converter.set_isolated_atom_response("ignore")
+        self.model.graph_converter.set_isolated_atom_response("error")
         self.vacuum = float(vacuum)
         self.max_z = int(self.model.atom_embedding.embedding.num_embeddings)
 
@@ -66,30 +71,44 @@ class CHGNetExtractor(Extractor):
             reason = f"unsupported atomic numbers {bad} (CHGNet knows Z <= {self.max_z})"
         return reason
 
-    def graphs(self, records: Sequence[Record]) -> list[Any]:
+    def graph(self, record: Record) -> Any:
+        """The CHGNet crystal graph of ``record``, or why CHGNet refuses it (isolated atoms)."""
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        out = []
-        for r in records:
-            structure = AseAtomsAdaptor.get_structure(boxed(r.atoms, self.vacuum))
-            out.append(self.model.graph_converter(structure, graph_id=r.id))
-        return out
+        structure = AseAtomsAdaptor.get_structure(boxed(record.atoms, self.vacuum))
+        converter = self.model.graph_converter
+        try:
+            return converter(structure, graph_id=record.id)
+        except ValueError as err:
+            if "isolated atom" not in str(err):
+                raise
+            cutoff = float(converter.atom_graph_cutoff)
+            centres = set(structure.get_neighbor_list(r=cutoff, numerical_tol=1e-8)[0].tolist())
+            lonely = [f"{structure[i].specie}#{i}" for i in range(len(structure)) if i not in centres]
+            return (
+                f"isolated atom(s) {', '.join(lonely) or '?'}: no neighbour within CHGNet's {cutoff:g} Å cutoff, and "
+                "CHGNet refuses such structures"
+            )
 
-    def embed(self, records: Sequence[Record]) -> list[Embedded]:
+    def embed(self, records: Sequence[Record]) -> list[Embedded | str]:
         import torch
 
-        graphs = self.graphs(records)
+        graphs = [self.graph(r) for r in records]
+        good = [g for g in graphs if not isinstance(g, str)]
+        if not good:
+            return graphs
         captured: list[torch.Tensor] = []
         handle = self.model.mlp.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
         try:
             with torch.no_grad():
-                pred = self.model(graphs, task="e")
+                pred = self.model(good, task="e")
         finally:
             handle.remove()
         counts = pred["atoms_per_graph"]
         energies = (pred["e"] * counts if self.model.is_intensive else pred["e"]).cpu().numpy()
         per_atom = captured[0].float().cpu().numpy()
-        return per_structure(per_atom, counts.cpu().numpy(), energies)
+        done = iter(per_structure(per_atom, counts.cpu().numpy(), energies))
+        return [g if isinstance(g, str) else next(done) for g in graphs]
 
     def info(self) -> dict[str, Any]:
         return {
