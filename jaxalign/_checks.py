@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign.cpu import check_compiled_programs
+
 __all__ = [
     "as_features",
     "as_real_array",
@@ -123,7 +125,11 @@ def _torch_to_jax(t: Any, name: str) -> jax.Array:
 
 def as_real_array(x: Any, name: str = "x") -> jax.Array:
     """``x`` (numpy, jax, torch, nested lists) as a real floating jax array under the input-kind rules of
-    :func:`_real_dtype`; complex input raises ``ValueError`` naming ``name``."""
+    :func:`_real_dtype`; complex input raises ``ValueError`` naming ``name``.
+
+    Every public function's inputs pass through here, so this is also where the automatic check on the memory maps
+    of compiled programs runs (:func:`jaxalign.cpu.check_compiled_programs`)."""
+    check_compiled_programs()
     if isinstance(x, jax.Array):
         return _jax_to_float(x, name)
     if type(x).__module__.startswith("torch"):
