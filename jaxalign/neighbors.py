@@ -4,11 +4,21 @@ One graph per embedding serves every kNN metric (CKNNA, mutual/cycle/LCS/edit kN
 imbalance), so an M-model alignment matrix needs M searches, not M². Like jax-md's neighbour lists the graph is a
 pure value with static capacity ``k``: build it once with :func:`knn`, pass it to any metric, vmap or shard it.
 
-For each row tile T the engine forms S = X[T] Xᵀ (``metric="ip"``) or −D² with D² = |x|² + |y|² − 2 x·y clamped at 0
-(``metric="euclidean"``), removes the point itself *by index* (never by value, so duplicates stay neighbours) and
-keeps ``lax.top_k``. Euclidean distances of the selected pairs are then recomputed as ‖x_i − x_j‖ from the rows
-themselves (the expanded formula loses digits for close points) and re-sorted, so r₁ = 0 identifies duplicates
-exactly.
+For each row tile T the engine forms the fast score block S = X[T] Yᵀ (``metric="ip"``) or X[T] Yᵀ − |y|²/2 of the
+centred data (``metric="euclidean"``: −D²/2 up to a per-row constant), removes the point itself *by index* (never by
+value, so duplicates stay neighbours) and keeps ``lax.top_k`` of k + m candidates. The answer is then made exact
+(:func:`jaxalign._exact.exact_top_k`): each row's round-off is bounded rigorously (γ_d |x||y|, Higham 2002 §3.1);
+a row whose k-th score beats its last candidate's by more than twice the bound has its k neighbours among the
+candidates, in score order except within runs of scores closer than twice the bound, which are re-ranked by
+double-float keys from the rows themselves (about float64's accuracy; a few per cent of the candidates); the rare
+uncertified rows are searched again with double-float keys. Binary and small integer features (a dyadic lattice,
+:func:`jaxalign._exact.on_dyadic_lattice`) are not centred: their scores, hence ``lax.top_k``'s order, are exact.
+
+Guarantee: the indices are those of a float64 brute force (for float32 input: up to comparisons closer than about
+d·u² relative), ordered best first; genuine ties (equal exact distances or products: duplicates, integer features)
+go to the lower index, independently of ``tile``, ``mesh`` and the number of devices. The values are recomputed from
+the chosen pairs (x·y, or ‖x − y‖ by direct differences, 0 exactly for duplicates) and are differentiable; the search
+itself runs under ``stop_gradient`` (the indices are discrete).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from jaxalign._checks import as_features, check_k
+from jaxalign._exact import exact_rescale, exact_top_k, expanded_bound, on_dyadic_lattice
 from jaxalign.tiling import TILE_BUDGET, default_tile, map_row_tiles, resolve_mesh, safe_sqrt
 
 __all__ = ["METRICS", "NeighborGraph", "check_graph", "knn", "membership", "neighbor_graph", "resolve_graph"]
@@ -38,7 +49,7 @@ class NeighborGraph:
     """k nearest neighbours of every point.
 
     Attributes:
-      indices: (N, k) int32, neighbours of row i, best first.
+      indices: (N, k) int32, neighbours of row i, best first (exact order; genuine ties: lower index first).
       values: (N, k) similarities (``metric="ip"``, descending) or Euclidean distances (ascending).
       metric: ``"ip"`` or ``"euclidean"`` (static).
       exclude_self: whether the point itself was excluded from its own neighbours (static).
@@ -63,21 +74,62 @@ class NeighborGraph:
         return NeighborGraph(self.indices[:, :k], self.values[:, :k], self.metric, self.exclude_self)
 
 
-def _topk_tile(rows, queries, reference, half_sq, *, k: int, metric: str, exclude_self: bool):
-    a = queries[rows]
-    prod = jnp.matmul(a, reference.T, precision=jax.lax.Precision.HIGHEST)
+def _search_tile(
+    rows: jax.Array,
+    queries: jax.Array,
+    reference: jax.Array,
+    centred_queries: jax.Array,
+    centred_reference: jax.Array,
+    half_sq: jax.Array,
+    query_norm: jax.Array,
+    radius: jax.Array,
+    exact: jax.Array,
+    *,
+    k: int,
+    metric: str,
+    exclude_self: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """Exact top-k indices of one row tile (:func:`jaxalign._exact.exact_top_k`) and x·y, or ‖x − y‖² (the
+    double-float value where one was computed, else from direct differences)."""
+    prod = jnp.matmul(centred_queries[rows], centred_reference.T, precision=jax.lax.Precision.HIGHEST)
     # −D²/2 = x·y − |y|²/2 − |x|²/2; the last term is constant along a row, so it cannot change the ranking
     score = prod if metric == "ip" else prod - half_sq[None, :]
     if exclude_self:
         score = score.at[jnp.arange(rows.shape[0]), rows].set(-jnp.inf)
-    values, indices = jax.lax.top_k(score, k)
-    if metric == "euclidean":
-        diff = a[:, None, :] - reference[indices]
-        values = safe_sqrt((diff * diff).sum(-1))
-        order = jnp.argsort(values, axis=1, stable=True)
-        values = jnp.take_along_axis(values, order, 1)
-        indices = jnp.take_along_axis(indices, order, 1)
-    return indices.astype(jnp.int32), values
+    form = "ip" if metric == "ip" else "half"
+    bound = jnp.where(exact, 0.0, expanded_bound(query_norm[rows], radius, queries.shape[1], form))
+    indices, keys, keyed = exact_top_k(
+        score, bound, queries[rows], reference, exact, k=k, metric=metric, exclude_self=exclude_self
+    )
+    if metric == "ip":
+        return indices, keys
+    diff = queries[rows][:, None, :] - reference[indices]  # direct differences: no cancellation, 0 for duplicates
+    return indices, jnp.where(keyed, -keys, (diff * diff).sum(-1))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _pair_values(queries: jax.Array, reference: jax.Array, indices: jax.Array, values: jax.Array, metric: str):
+    """``values`` (x_i·y_j, or ‖x_i − y_j‖, for j = indices[i]) with their derivative in the rows (the search that
+    found ``indices`` and computed ``values`` is not differentiated; the indices are discrete)."""
+    return values
+
+
+@_pair_values.defjvp
+def _pair_values_jvp(metric: str, primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array]:
+    queries, reference, indices, values = primals
+    dq, dr = tangents[0], tangents[1]
+    if metric == "ip":
+        tangent = (dq[:, None, :] * reference[indices] + queries[:, None, :] * dr[indices]).sum(-1)
+    else:  # d‖x − y‖ = (x − y)·(dx − dy) / ‖x − y‖, 0 between duplicates (as safe_sqrt)
+        diff = queries[:, None, :] - reference[indices]
+        dot = (diff * (dq[:, None, :] - dr[indices])).sum(-1)
+        tangent = jnp.where(values > 0, dot / jnp.where(values > 0, values, 1), 0)
+    return values, tangent.astype(values.dtype)
+
+
+def _search_width(k: int, n_ref: int, d: int, metric: str) -> int:
+    """Columns of the per-tile working set: the (tile, n_ref) block and, Euclidean, the (tile, k, d) differences."""
+    return max(n_ref, k * d if metric == "euclidean" else 0)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "metric", "exclude_self", "tile", "mesh"))
@@ -94,20 +146,33 @@ def neighbor_graph(
     """The unvalidated, jit-compiled core of :func:`knn`, for use inside other jitted functions.
 
     ``reference=None`` searches ``queries`` against themselves (``exclude_self`` applies); otherwise each query row
-    is matched against the rows of ``reference`` (``exclude_self`` must be False).
+    is matched against the rows of ``reference`` (``exclude_self`` must be False). Same guarantees as :func:`knn`.
     """
     self_search = reference is None
-    reference = queries if self_search else reference
+    exclude_self = exclude_self and self_search
+    differentiable = (queries, queries if self_search else reference)
+    q, ref = (jax.lax.stop_gradient(a) for a in differentiable)
+    scale = exact_rescale(q, ref)  # a power of two: the search on the scaled rows is the same, away from underflow
+    q, ref = q * scale, ref * scale
+    n_ref, d = ref.shape
     if metric == "euclidean":
-        mean = reference.mean(0)
-        queries, reference = queries - mean, reference - mean
-        if self_search:
-            queries = reference
-    half_sq = 0.5 * (reference * reference).sum(1)
-    tile = default_tile(queries.shape[0], reference.shape[0]) if tile is None else tile
-    fn = functools.partial(_topk_tile, k=k, metric=metric, exclude_self=exclude_self and self_search)
-    indices, values = map_row_tiles(fn, queries.shape[0], queries, reference, half_sq, tile=tile, mesh=mesh)
-    return NeighborGraph(indices, values, metric, exclude_self and self_search)
+        exact = on_dyadic_lattice(q, *(() if self_search else (ref,)), terms=4 * d)
+        mean = jnp.where(exact, 0.0, ref.mean(0))  # lattice data stay uncentred: their scores are exact
+        centred_ref = ref - mean
+        centred_q = centred_ref if self_search else q - mean
+    else:
+        exact = on_dyadic_lattice(q, *(() if self_search else (ref,)), terms=d)
+        centred_q, centred_ref = q, ref
+    sq = (centred_ref * centred_ref).sum(1)
+    query_norm = jnp.sqrt((centred_q * centred_q).sum(1))
+    radius = jnp.sqrt(sq.max())
+    tile = default_tile(q.shape[0], _search_width(k, n_ref, d, metric)) if tile is None else tile
+    fn = functools.partial(_search_tile, k=k, metric=metric, exclude_self=exclude_self)
+    operands = (q, ref, centred_q, centred_ref, 0.5 * sq, query_norm, radius, exact)
+    indices, keys = map_row_tiles(fn, q.shape[0], *operands, tile=tile, mesh=mesh)
+    values = keys / (scale * scale) if metric == "ip" else safe_sqrt(keys) / scale
+    values = _pair_values(*differentiable, indices, values, metric)
+    return NeighborGraph(indices, values, metric, exclude_self)
 
 
 def knn(
@@ -121,6 +186,10 @@ def knn(
     mesh: Mesh | str | None = "auto",
 ) -> NeighborGraph:
     """Exact k-nearest-neighbour graph of the rows of ``x`` (among themselves, or in ``reference``).
+
+    Exact in the working precision: the neighbours and their order are those of a float64 brute force (float32
+    input: up to comparisons closer than about d·u² relative, u = 2⁻²⁴), genuine ties (equal exact distances or
+    products) going to the lower index; they do not depend on ``tile``, ``mesh`` or the number of devices.
 
     Args:
       x: (N, d) features (numpy, jax or torch): the query points.
@@ -154,7 +223,7 @@ def knn(
         n_ref = x.shape[0]
         k = check_k(k, n_ref, "k", high=n_ref - 1 if exclude_self else n_ref)
     if tile is None:
-        tile = default_tile(x.shape[0], max(n_ref, k * x.shape[1] if metric == "euclidean" else 0), TILE_BUDGET)
+        tile = default_tile(x.shape[0], _search_width(k, n_ref, x.shape[1], metric), TILE_BUDGET)
     return neighbor_graph(
         x, reference, k=k, metric=metric, exclude_self=exclude_self, tile=int(tile), mesh=resolve_mesh(mesh)
     )

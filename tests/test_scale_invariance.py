@@ -231,11 +231,6 @@ def test_block6_cknna_smaller_k_equals_the_exact_definition_at_offset_1000(unbia
         np.testing.assert_allclose(float(cknna(xo, yo, k=k, unbiased=unbiased)), want, rtol=1e-4, atol=1e-4, err_msg=k)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="k = 10 needs the exact inner-product neighbour search (issue 10, kind 3, not landed yet): float32 "
-    "round-off of the raw products still swaps near-tied neighbours in a narrow cone",
-)
 def test_narrow_cone_of_l2_normalised_embeddings():
     """Rows of X + 1000 l2-normalised (language-model embeddings: a narrow cone around one direction)."""
     r = np.random.default_rng(7)

@@ -24,12 +24,9 @@ then cancel the A- and u-sized parts down to a much smaller value (by 10⁷ and 
 spread, e.g. when every row picks the same far-out "hub" points), which float32 sums of float32 kernel values cannot
 resolve. For float32 features the value is therefore computed as follows (float64 keeps the plain 53-bit path):
 
-- Selection: raw float32 inner products of off-centre rows carry round-off ~eps·|x_i||x_j|, larger than the gaps
-  between neighbours, so the graph is searched for k + margin candidates (values and order exactly as
-  :func:`jaxalign.knn` gives them) and the k kept are those with the largest K_ij evaluated as below, which resolves
-  near-ties as finely as float64 (a flipped neighbour can move a far-off-centre CKNNA by 1e-2). A graph passed in
-  together with its features is re-ranked the same way over its width; a graph passed without features is used as
-  it is (its own neighbours and float values).
+- Selection: the neighbours are the engine's (:func:`jaxalign.knn`, ``metric="ip"``), which are those of the exact
+  inner products, genuine ties to the lower index (its module docstring), so binary features and near-ties select
+  the same masks in float32 as in float64.
 - Entries: K_ij is assembled from its exact parts as a double-float (a pair of float32 whose sum carries ~46 bits):
   A and u_i from error-free products of 12-bit halves, C_ij in float32 (its rounding is relative to C itself).
 - Sums: every HSIC term is accumulated in double-float (one XLA reduce with a TwoSum combiner), column sums enter
@@ -59,6 +56,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from jaxalign import _double_float as df
 from jaxalign._checks import as_features, check_k, check_same_n, check_variance
 from jaxalign.metrics.kernel import _cka_linear, _linear_unbiased_hsic, hsic_from_sums, normalized_ratio
 from jaxalign.neighbors import NeighborGraph, check_graph, knn, membership
@@ -67,72 +65,10 @@ from jaxalign.tiling import TILE_BUDGET, default_tile, map_row_tiles, resolve_me
 __all__ = ["cknna"]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
-DD = tuple[jax.Array, jax.Array]  # double-float: value = hi + lo, |lo| ≤ ulp(hi)/2
+DD = df.DD
 
 
-def _margin(k: int) -> int:
-    """Extra candidates searched beyond k for the precise re-ranking. Raw float32 round-off only reorders near-ties
-    at the edge of the top k (by one rank at most, measured at offsets of 1e3 times the spread, N = 2,000, k = 100);
-    a true neighbour that the raw search ranks more than this beyond k is missed."""
-    return 4 + k // 16
-
-
-def _power_of_two_near(value: jax.Array) -> jax.Array:
-    """2**e with value = f·2**e, f ∈ [0.5, 1): dividing by it is exact; 1 for 0."""
-    _, exponent = jnp.frexp(jnp.where(value > 0, value, 1.0))
-    return jnp.ldexp(jnp.ones_like(value), exponent)
-
-
-# ---- double-float (float32 pair) arithmetic: error-free transformations, robust to compiler reordering --------------
-
-
-def _two_sum(a: jax.Array, b: jax.Array) -> DD:
-    """a + b = s + e exactly (Knuth)."""
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
-def _fast_two_sum(a: jax.Array, b: jax.Array) -> DD:
-    """a + b = s + e exactly when |a| ≥ |b| (or a = 0)."""
-    s = a + b
-    return s, b - (s - a)
-
-
-def _split(a: jax.Array) -> DD:
-    """a = hi + lo exactly, each with ≤ 12 significant bits (the low 12 mantissa bits masked off), so products of
-    halves are exact in float32 whatever the compiler fuses."""
-    bits = jax.lax.bitcast_convert_type(a, jnp.int32) & jnp.int32(-4096)
-    hi = jax.lax.stop_gradient(jax.lax.bitcast_convert_type(bits, jnp.float32))
-    return hi, a - hi
-
-
-def _two_prod(a: jax.Array, b: jax.Array) -> DD:
-    """a·b as a double-float, from the four partial products of the 12-bit halves, each exact in float32.
-
-    Dekker's p = a·b, e = (ah·bh − p) + … is not used: XLA may contract ``ah·bh − p`` with the product inside p into
-    one FMA (p unrounded there, rounded elsewhere), which silently breaks it. Exact partial products are immune to
-    contraction; the last (tiny) terms are rounded once, so the pair is exact to ~2⁻⁴⁶ relative.
-    """
-    ah, al = _split(a)
-    bh, bl = _split(b)
-    s, e1 = _two_sum(ah * bh, ah * bl)
-    s, e2 = _two_sum(s, al * bh)
-    return _fast_two_sum(s, (e1 + e2) + al * bl)
-
-
-def _dd(x: jax.Array) -> DD:
-    return x, jnp.zeros_like(x)
-
-
-def _dd_add(x: DD, y: DD) -> DD:
-    s, e = _two_sum(x[0], y[0])
-    return _fast_two_sum(s, e + (x[1] + y[1]))
-
-
-def _dd_mul(x: DD, y: DD) -> DD:
-    p, e = _two_prod(x[0], y[0])
-    return _fast_two_sum(p, e + (x[0] * y[1] + x[1] * y[0]))
+# ---- double-float helpers of the sparse sums -------------------------------------------------------------------
 
 
 def _dd_where(mask: jax.Array, x: DD) -> DD:
@@ -143,57 +79,21 @@ def _dd_gather(x: DD, index: jax.Array) -> DD:
     return x[0][index], x[1][index]
 
 
-@jax.custom_jvp
-def _dd_reduce(hi: jax.Array, lo: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Σ (hi + lo) over the last axis as a double-float: one XLA reduce whose combiner is a TwoSum, so every partial
-    sum keeps its round-off whatever order XLA adds in (accurate to ~2⁻⁴⁵ of Σ|x| · log n)."""
-    zero = jnp.zeros((), hi.dtype)
-    return jax.lax.reduce((hi, lo), (zero, zero), _dd_add, (hi.ndim - 1,))
-
-
-@_dd_reduce.defjvp
-def _dd_reduce_jvp(primals, tangents):
-    out = _dd_reduce(*primals)
-    d_hi, d_lo = tangents
-    return out, ((d_hi + d_lo).sum(-1), jnp.zeros_like(out[1]))
-
-
-def _dd_sum(x: DD, axis: int | None = None) -> DD:
-    """Σ x along ``axis`` (all axes if None), as a double-float."""
-    hi, lo = x
-    if axis is None:
-        return _dd_reduce(hi.reshape(-1), lo.reshape(-1))
-    return _dd_reduce(jnp.moveaxis(hi, axis, -1), jnp.moveaxis(lo, axis, -1))
-
-
-def _dd_scale(x: DD, factor: float) -> DD:
-    """x · factor for an integer-valued factor < 2**24 (exact in float32)."""
-    return _dd_mul(x, _dd(jnp.asarray(factor, x[0].dtype)))
-
-
-def _dd_div(x: DD, den: float) -> DD:
-    """x / den for a float den, to double-float accuracy (one correction step)."""
-    den_f = jnp.asarray(den, x[0].dtype)
-    q = x[0] / den_f
-    r = _dd_add(x, _dd_mul(_dd(q), _dd(-den_f)))
-    return _fast_two_sum(q, (r[0] + r[1]) / den_f)
-
-
 # ---- HSIC of sparse masked kernels -----------------------------------------------------------------------------------
 
 
 def _unbiased_value(trace: DD, total_a: DD, total_b: DD, ab: DD, n: int) -> DD:
     """[tr + T_a T_b/((n−1)(n−2)) − 2·1ᵀAB1/(n−2)] / (n(n−3)), combined before any rounding."""
-    num = _dd_add(_dd_scale(_dd_scale(trace, n - 1), n - 2), _dd_mul(total_a, total_b))
-    num = _dd_add(num, _dd_scale(ab, -2.0 * (n - 1)))
-    return _dd_div(num, float(n - 1) * float(n - 2) * float(n) * float(n - 3))
+    num = df.add(df.scale(df.scale(trace, n - 1), n - 2), df.mul(total_a, total_b))
+    num = df.add(num, df.scale(ab, -2.0 * (n - 1)))
+    return df.div(num, float(n - 1) * float(n - 2) * float(n) * float(n - 3))
 
 
 def _biased_value(trace: DD, total_a: DD, total_b: DD, ab: DD, ba: DD, n: int) -> DD:
     """tr − (1ᵀAB1 + 1ᵀBA1)/n + T_a T_b/n², combined before any rounding."""
-    num = _dd_add(_dd_scale(_dd_scale(trace, n), n), _dd_mul(total_a, total_b))
-    num = _dd_add(num, _dd_scale(_dd_add(ab, ba), -float(n)))
-    return _dd_div(num, float(n) * float(n))
+    num = df.add(df.scale(df.scale(trace, n), n), df.mul(total_a, total_b))
+    num = df.add(num, df.scale(df.add(ab, ba), -float(n)))
+    return df.div(num, float(n) * float(n))
 
 
 def _hsic(cols: jax.Array, a: DD, b: DD, reverse: jax.Array, *, unbiased: bool, exact: bool) -> DD:
@@ -210,16 +110,16 @@ def _hsic(cols: jax.Array, a: DD, b: DD, reverse: jax.Array, *, unbiased: bool, 
         trace_ab = jnp.sum(jnp.where(reverse, a[0] * b[0], 0))
         row_a, row_b = a[0].sum(1), b[0].sum(1)
         ab, ba = jnp.sum(a[0] * row_b[cols]), jnp.sum(b[0] * row_a[cols])
-        return _dd(hsic_from_sums(trace_ab, row_a.sum(), row_b.sum(), ab, ba, n, unbiased=unbiased))
-    rows = _dd_sum((jnp.stack([a[0], b[0]]), jnp.stack([a[1], b[1]])), axis=-1)  # (2, n): row sums of A and B
-    totals = _dd_sum(rows, axis=-1)
+        return df.lift(hsic_from_sums(trace_ab, row_a.sum(), row_b.sum(), ab, ba, n, unbiased=unbiased))
+    rows = df.sum((jnp.stack([a[0], b[0]]), jnp.stack([a[1], b[1]])), axis=-1)  # (2, n): row sums of A and B
+    totals = df.sum(rows, axis=-1)
     row_a, row_b = (rows[0][0], rows[1][0]), (rows[0][1], rows[1][1])
     terms = [
-        _dd_where(reverse, _dd_mul(a, b)),
-        _dd_mul(a, _dd_gather(row_b, cols)),
-        _dd_mul(b, _dd_gather(row_a, cols)),
+        _dd_where(reverse, df.mul(a, b)),
+        df.mul(a, _dd_gather(row_b, cols)),
+        df.mul(b, _dd_gather(row_a, cols)),
     ]
-    sums = _dd_sum((jnp.stack([t[0].reshape(-1) for t in terms]), jnp.stack([t[1].reshape(-1) for t in terms])), -1)
+    sums = df.sum((jnp.stack([t[0].reshape(-1) for t in terms]), jnp.stack([t[1].reshape(-1) for t in terms])), -1)
     trace_ab, ab, ba = ((sums[0][i], sums[1][i]) for i in range(3))
     total_a, total_b = (totals[0][0], totals[1][0]), (totals[0][1], totals[1][1])
     if unbiased:
@@ -262,46 +162,26 @@ def _stack(items: list) -> Any:
 
 def _graph_entries(values: jax.Array) -> tuple[DD, jax.Array]:
     """Entries from a graph's own values, divided (exactly) by a power of two near their largest magnitude."""
-    unit = _power_of_two_near(jnp.max(jnp.abs(values)))
-    return _dd(values / unit), unit
+    unit = df.power_of_two_above(jnp.max(jnp.abs(values)))
+    return df.lift(values / unit), unit
 
 
 def _centred_parts(x: jax.Array) -> tuple[jax.Array, DD, DD, jax.Array]:
     """x / s = c + m (s a power of two: exact; m the column mean; c = x/s − m, exact where the offset dominates, by
     Sterbenz), with u_i = m·c_i and A = m·m as double-floats from error-free products. Returns (c, u, A, s)."""
-    scale = _power_of_two_near(jnp.max(jnp.abs(x)))
+    scale = df.power_of_two_above(jnp.max(jnp.abs(x)))
     x = x / scale
     m = x.mean(0)
     c = x - m
-    return c, _dd_sum(_two_prod(c, m[None, :]), axis=1), _dd_sum(_two_prod(m, m)), scale
+    return c, df.sum(df.two_prod(c, m[None, :]), axis=1), df.sum(df.two_prod(m, m)), scale
 
 
-def _top_positions(values: DD, k: int) -> jax.Array:
-    """Ascending positions of the k largest double-floats of each row (equal values: lower position first).
-
-    Normalised double-floats order as (hi, lo) lexicographically; the rank of each candidate is counted over the
-    (small) row directly, which is far cheaper on the CPU than a multi-key sort.
-    """
-    hi, lo = values
-    width = hi.shape[1]
-    position = jnp.arange(width)
-    h_j, h_l = hi[:, :, None], hi[:, None, :]
-    l_j, l_l = lo[:, :, None], lo[:, None, :]
-    before = (h_l > h_j) | (
-        (h_l == h_j) & ((l_l > l_j) | ((l_l == l_j) & (position[None, None, :] < position[:, None])))
-    )
-    chosen = before.sum(-1) < k  # exactly k per row
-    return width - jax.lax.top_k(jnp.where(chosen, width - position, -1), k)[0]  # ascending positions
-
-
-def _feature_side(indices: jax.Array, x: jax.Array, *, k: int, mesh: Mesh | None) -> tuple[jax.Array, DD, jax.Array]:
-    """The k best of the candidate ``indices`` of each row and K_ij = A + u_i + u_j + C_ij there, as double-floats,
-    for x / s (s a power of two: exact); returns (indices, entries, s).
+def _feature_side(indices: jax.Array, x: jax.Array, *, mesh: Mesh | None) -> tuple[DD, jax.Array]:
+    """K_ij = A + u_i + u_j + C_ij at the graph's entries, as double-floats, for x / s (s a power of two: exact);
+    returns (entries, s).
 
     One gathered pass computes C_ij = c_i·c_j (float32: its round-off is relative to C, not to the offset) for every
-    candidate; A and u_i come from error-free products. The k kept are the candidates with the largest
-    double-float K_ij (sorted on (hi, lo)), which resolves near-ties as finely as float64 would, and they keep the
-    candidates' order.
+    entry; A and u_i come from error-free products.
     """
     c, u, a_const, scale = _centred_parts(x)
     width, dim = indices.shape[1], c.shape[1]
@@ -312,14 +192,9 @@ def _feature_side(indices: jax.Array, x: jax.Array, *, k: int, mesh: Mesh | None
 
     cross = map_row_tiles(gram, c.shape[0], indices, c, tile=tile, mesh=mesh)
     rows = _rows_like(indices)
-    entries = _dd_add(_dd_add(_dd_gather(u, rows), _dd_gather(u, indices)), _dd(cross))
+    entries = df.add(df.add(_dd_gather(u, rows), _dd_gather(u, indices)), df.lift(cross))
     constant = (jnp.broadcast_to(a_const[0], indices.shape), jnp.broadcast_to(a_const[1], indices.shape))
-    entries = _dd_add(constant, entries)
-    if width > k:
-        keep = _top_positions(entries, k)
-        indices = jnp.take_along_axis(indices, keep, 1)
-        entries = (jnp.take_along_axis(entries[0], keep, 1), jnp.take_along_axis(entries[1], keep, 1))
-    return indices, entries, scale
+    return df.add(constant, entries), scale
 
 
 def _cknna_core(
@@ -376,49 +251,49 @@ def _complement_similarity(cols, valid, reverse, parts_a, parts_b, gram_a, gram_
     rows = _rows_like(cols)
 
     def entries(u_: DD, const: DD, gram: jax.Array) -> DD:
-        value = _dd_add(_dd_add(_dd_gather(u_, rows), _dd_gather(u_, cols)), _dd(gram))
+        value = df.add(df.add(_dd_gather(u_, rows), _dd_gather(u_, cols)), df.lift(gram))
         return _dd_where(
-            valid, _dd_add((jnp.broadcast_to(const[0], cols.shape), jnp.broadcast_to(const[1], cols.shape)), value)
+            valid, df.add((jnp.broadcast_to(const[0], cols.shape), jnp.broadcast_to(const[1], cols.shape)), value)
         )
 
     a, b = entries(u, a_const, gram_a), entries(v, b_const, gram_b)
-    gc, gd = _dd(jnp.where(valid, gram_a, 0.0)), _dd(jnp.where(valid, gram_b, 0.0))
-    row_a, row_b = _dd_sum(a, axis=1), _dd_sum(b, axis=1)
-    total_a, total_b = _dd_sum(row_a), _dd_sum(row_b)
+    gc, gd = df.lift(jnp.where(valid, gram_a, 0.0)), df.lift(jnp.where(valid, gram_b, 0.0))
+    row_a, row_b = df.sum(a, axis=1), df.sum(b, axis=1)
+    total_a, total_b = df.sum(row_a), df.sum(row_b)
     sum_c, sum_d = c.sum(0), d.sum(0)
 
     def edge_sum(values: DD, weights: jax.Array) -> DD:  # Σ over the entries (i, l) of values_il · weights_l
-        return _dd_sum(_dd_mul(values, _dd(weights[cols])))
+        return df.sum(df.mul(values, df.lift(weights[cols])))
 
     if unbiased:
         sq_c, sq_d = (c * c).sum(1), (d * d).sum(1)
-        full = _dd(_linear_unbiased_hsic(c, d, sq_c, sq_d))
-        total_c, total_d = _dd(jnp.dot(sum_c, sum_c) - sq_c.sum()), _dd(jnp.dot(sum_d, sum_d) - sq_d.sum())
+        full = df.lift(_linear_unbiased_hsic(c, d, sq_c, sq_d))
+        total_c, total_d = df.lift(jnp.dot(sum_c, sum_c) - sq_c.sum()), df.lift(jnp.dot(sum_d, sum_d) - sq_d.sum())
         line_c, line_d = c @ sum_c - sq_c, d @ sum_d - sq_d  # row sums of the zero-diagonal C̃, D̃
         # HSIC(K̃, M̄∘L): Σ_l u_l (col_b − row_b) + Σ C̃∘(M̄∘L)ᵀ + T_C T_b/((n−1)(n−2)) − 2·Σ_l line_c,l row_b,l/(n−2)
-        u_cols = _dd_sum(_dd_mul(b, _dd_gather(u, cols)))
-        u_rows = _dd_sum(_dd_mul(u, row_b))
-        trace = _dd_add(_dd_add(u_cols, (-u_rows[0], -u_rows[1])), _dd_sum(_dd_mul(gc, b)))
-        k_g = _unbiased_value(trace, total_c, total_b, _dd_sum(_dd_mul(_dd(line_c), row_b)), n)
-        v_cols = _dd_sum(_dd_mul(a, _dd_gather(v, cols)))
-        v_rows = _dd_sum(_dd_mul(v, row_a))
-        trace = _dd_add(_dd_add(v_rows, (-v_cols[0], -v_cols[1])), _dd_sum(_dd_mul(a, gd)))
+        u_cols = df.sum(df.mul(b, _dd_gather(u, cols)))
+        u_rows = df.sum(df.mul(u, row_b))
+        trace = df.add(df.add(u_cols, df.neg(u_rows)), df.sum(df.mul(gc, b)))
+        k_g = _unbiased_value(trace, total_c, total_b, df.sum(df.mul(df.lift(line_c), row_b)), n)
+        v_cols = df.sum(df.mul(a, _dd_gather(v, cols)))
+        v_rows = df.sum(df.mul(v, row_a))
+        trace = df.add(df.add(v_rows, df.neg(v_cols)), df.sum(df.mul(a, gd)))
         g_l = _unbiased_value(trace, total_a, total_d, edge_sum(a, line_d), n)
     else:
         cc, dc = c - c.mean(0), d - d.mean(0)
-        full = _dd(jnp.sum(jnp.matmul(cc.T, dc, precision=_HIGHEST) ** 2))  # trace(K H L H) = ‖(Hc)ᵀ(Hd)‖²_F
-        total_c, total_d = _dd(jnp.dot(sum_c, sum_c)), _dd(jnp.dot(sum_d, sum_d))
+        full = df.lift(jnp.sum(jnp.matmul(cc.T, dc, precision=_HIGHEST) ** 2))  # trace(K H L H) = ‖(Hc)ᵀ(Hd)‖²_F
+        total_c, total_d = df.lift(jnp.dot(sum_c, sum_c)), df.lift(jnp.dot(sum_d, sum_d))
         line_c, line_d = c @ sum_c, d @ sum_d  # row sums of C = c cᵀ, D = d dᵀ (diagonal included)
         k_g = _biased_value(
-            _dd_sum(_dd_mul(gc, b)), total_c, total_b, _dd_sum(_dd_mul(_dd(line_c), row_b)), edge_sum(b, line_c), n
+            df.sum(df.mul(gc, b)), total_c, total_b, df.sum(df.mul(df.lift(line_c), row_b)), edge_sum(b, line_c), n
         )
         g_l = _biased_value(
-            _dd_sum(_dd_mul(a, gd)), total_a, total_d, edge_sum(a, line_d), _dd_sum(_dd_mul(_dd(line_d), row_a)), n
+            df.sum(df.mul(a, gd)), total_a, total_d, edge_sum(a, line_d), df.sum(df.mul(df.lift(line_d), row_a)), n
         )
     g_g = _hsic(cols, a, b, reverse & valid, unbiased=unbiased, exact=True)
-    out = _dd_add(full, (-k_g[0], -k_g[1]))
-    out = _dd_add(out, (-g_l[0], -g_l[1]))
-    return _dd_add(out, g_g)
+    out = df.add(full, df.neg(k_g))
+    out = df.add(out, df.neg(g_l))
+    return df.add(out, g_g)
 
 
 def _complement_core(
@@ -475,8 +350,9 @@ def cknna(
 
     The value depends on the features' offset (platonic's kernel is the raw inner product) but not on their scale
     beyond the anchor's 1e-6. For float32 features it stays within ~1e-4 of the exact value of this definition at
-    offsets up to ~1e3 times the spread: neighbours are re-ranked by double-float kernel values built from the
-    features' exact offset decomposition, the HSICs are summed in double-float, dense masks are expanded around the
+    offsets up to ~1e3 times the spread: the engine's neighbours are those of the exact inner products (ties to the
+    lower index), kernel values are double-floats built from the features' offset decomposition, the HSICs are
+    summed in double-float, dense masks are expanded around the
     full kernels and k = N − 1 (``unbiased``) is unbiased linear CKA (module docstring). float64 keeps the plain
     evaluation. With graphs only (no features) the graphs' own neighbours and float values are used.
 
@@ -487,7 +363,7 @@ def cknna(
       unbiased: exclude each point from its own neighbours and use the unbiased HSIC (Song et al. 2012); otherwise
         top-k over the full row (self allowed) and the biased HSIC trace(K H L H).
       graph_x, graph_y: precomputed ``knn(x, k', metric="ip", exclude_self=unbiased)`` graphs with k' ≥ k (reuse one
-        per embedding across metrics and pairs); truncated to k (for float32 features given too: re-ranked to k).
+        per embedding across metrics and pairs); truncated to k.
       tile, mesh: passed to :func:`jaxalign.knn` when a graph is built here.
 
     Returns:
@@ -516,26 +392,20 @@ def cknna(
 
     values_dtypes = [g.values.dtype for g in (graph_x, graph_y) if isinstance(g, NeighborGraph)]
     dtype = jnp.result_type(*[f.dtype for f in (x, y) if f is not None], *values_dtypes)
-    precise = dtype == jnp.float32  # float64 keeps the plain path: its 53 bits need no re-ranking or double-floats
+    precise = dtype == jnp.float32  # float64 keeps the plain path: its 53 bits need no double-floats
 
     graphs = []
     for feats, graph, name in ((x, graph_x, "x"), (y, graph_y, "y")):
         if graph is not None:
-            truncated = check_graph(
+            graph = check_graph(
                 graph, f"graph_{name}", metric="ip", exclude_self=unbiased, n=n, k=k, data_name=name, purpose="CKNNA"
             )
-            if precise and feats is not None and not full:  # the extra width serves as candidates for the ranking
-                width = min(graph.k, k + _margin(k))
-                graph = NeighborGraph(graph.indices[:, :width], graph.values[:, :width], graph.metric, unbiased)
-            else:
-                graph = truncated
         else:
             check_variance(feats, name)
             if full:
                 graphs.append(None)  # no search needed
                 continue
-            width = min(k + _margin(k), widest) if precise else k
-            graph = knn(feats, width, metric="ip", exclude_self=unbiased, tile=tile, mesh=mesh)
+            graph = knn(feats, k, metric="ip", exclude_self=unbiased, tile=tile, mesh=mesh)
         graphs.append(graph)
     if full:  # the definition reduces exactly to unbiased linear CKA
         common = jnp.result_type(x.dtype, y.dtype)
@@ -571,12 +441,12 @@ def _similarities(
     tile: int | None,
     mesh: Mesh | None,
 ) -> jax.Array:
-    """CKNNA from candidate graphs (width ≥ k where features are given, else k) in one program: float32 features
-    give double-float entries and the precise selection, sides without features their graph values."""
+    """CKNNA from the k-neighbour graphs in one program: float32 features give double-float entries, sides without
+    features their graph values."""
     sides, units = [], []
     for indices, values, feats in ((ix, x_values, x), (iy, y_values, y)):
         if feats is not None:
-            indices, entries, scale = _feature_side(indices, feats, k=k, mesh=mesh)
+            entries, scale = _feature_side(indices, feats, mesh=mesh)
             units += [scale, scale]
         else:
             entries, unit = _graph_entries(values)

@@ -9,21 +9,25 @@ nearest other point has rank 1. Δ ≈ 0 when A's neighbourhoods predict B's, Δ
 about B. Exact values: with k = N − 1 every rank 1..N−1 is averaged and Δ = 1; for A = B the ranks of the first k
 neighbours are 1..k, so Δ(A→A) = (2/N)·(k+1)/2 = (k+1)/N (→ 0 as N grows, the "Δ(X→X) = 0" of the paper).
 
-Algorithm (time O(N² d), memory O(tile·N + N·k)): the k Euclidean neighbours of every point in each space come from
-the neighbour engine (:func:`~jaxalign.neighbors.knn`; pass ``graph_x``/``graph_y`` to reuse them). One
-:func:`~jaxalign.tiling.map_row_tiles` pass forms, for a tile of rows i, the squared distances d_X(i, ·) and
-d_Y(i, ·) of the centred data (squared distances rank like distances), sets d(i, i) = +inf, and ranks the other
-space's neighbours: r_ij = 1 + #{l : d(i, l) < d(i, j)}. For k ≤ 64 the count is a fused compare-and-sum per
-neighbour (O(tile·N·k)); for larger k the k targets of each row are sorted once and every distance of the row is
-placed among them by binary search, so the counts follow from a histogram (O(tile·N·log k)).
+Algorithm (time O(N² d), memory O(tile·N + N·k)): one :func:`~jaxalign.tiling.map_row_tiles` pass forms, for a tile
+of rows i, the squared distances d_X(i, ·) and d_Y(i, ·) by the expanded formula (centred data; binary and small
+integer features on a dyadic lattice are not centred, and their distances are then exact), sets d(i, i) = +inf,
+takes the k neighbours of each space from the same block (or from ``graph_x``/``graph_y``, built by the exact
+engine :func:`~jaxalign.neighbors.knn`) and ranks them in the other space: r_ij = 1 + #{l : d(i, l) < d(i, j)}.
+Each count is made exact with a rigorous per-row round-off bound E_i (:func:`jaxalign._exact.expanded_bound`): one
+fused pass per neighbour counts the points certainly closer (computed d < t − 2E_i) and the band within 2E_i of
+the target t (with the sum of its indices, which names its one other member when the band holds two points); band
+members are compared with the target again by double-float distances from the rows themselves. For k ≤ 64 the
+counts are one variadic reduce per neighbour (O(tile·N·k)); for larger k the band edges of each row are sorted once
+and every distance is placed among them by binary search, the counts following from histograms (O(tile·N·log k)).
 
 Ties: DADApy's rank is j's position in scikit-learn's ``argsort`` of row i, whose order among equal distances is
 unspecified (even the point itself need not come first when rows are duplicated). We use the smallest tied
-position, 1 + the number of strictly closer points ("competition" ranking); the two agree whenever the distances
-from i are distinct, which is the case for continuous data. Ties are decided on the computed squared distances, so
-distances equal in exact arithmetic can be split by rounding, as they can in scikit-learn's expanded formula.
-DADApy's truncated variant (``return_inf_imb_two_selected_coords``, which draws random ranks beyond ``maxk``) is
-biased and not reproduced.
+position, 1 + the number of strictly closer points ("competition" ranking), evaluated exactly (as float64 would for
+float32 input); the two agree whenever the distances from i are distinct. Among neighbours tied at the k-th
+distance the lower index is taken (as a stable argsort), so Δ does not depend on ``tile``, the mesh or the number of
+devices. DADApy's truncated variant (``return_inf_imb_two_selected_coords``, which draws random ranks beyond
+``maxk``) is biased and not reproduced.
 """
 
 from __future__ import annotations
@@ -35,7 +39,17 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from jaxalign import _double_float as df
 from jaxalign._checks import as_features, check_k, check_same_n, check_variance
+from jaxalign._exact import (
+    ENTRY_CHUNK,
+    ROW_CHUNK,
+    exact_rescale,
+    exact_top_k,
+    expanded_bound,
+    for_each_true,
+    on_dyadic_lattice,
+)
 from jaxalign.neighbors import NeighborGraph, check_graph
 from jaxalign.tiling import map_row_tiles, pairwise_block, resolve_mesh
 
@@ -47,45 +61,190 @@ __all__ = ["COUNT_UP_TO_K", "information_imbalance"]
 COUNT_UP_TO_K = 64
 
 
-def _ranks(dist: jax.Array, idx: jax.Array, *, search: bool) -> jax.Array:
-    """1 + #{l : dist[t, l] < dist[t, idx[t, m]]} for a (tile, N) block and (tile, k) column indices.
+def _band_reduce(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """Combine (count below, band size, band index sum)."""
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
-    ``search=False``: one (tile, N) compare-and-count per neighbour, O(tile·N·k), never a (tile, k, N) array.
-    ``search=True``: sort the k targets of each row, place every distance of the row among them by binary search
-    (p_l = #{targets ≤ d_l}), histogram p and take its cumulative sum C(q) = #{l : p_l ≤ q} = #{l : d_l < ts_q};
-    the target t_m reads C at its leftmost sorted position. O(tile·N·log k), exact (same integers as the count).
+
+def _band_counts(dist: jax.Array, target: jax.Array, bound: jax.Array, *, search: bool) -> tuple[jax.Array, ...]:
+    """For a (tile, N) block and (tile, k) target distances t: #{l : d_l < t − 2E}, the band size #{l : |d_l − t| ≤
+    2E} (computed d_l ≥ t − 2E and ≤ t + 2E) and the sum of the band's indices, (tile, k) int32.
+
+    ``search=False``: one variadic reduce per target over the row, O(tile·N·k), never a (tile, k, N) array (XLA:CPU
+    runs a multi-output reduce several times faster than a plain sum of the comparison). ``search=True``: the edges
+    t − 2E and t + 2E of each row are sorted once and every distance is placed among them by binary search
+    (p_l = #{edges ≤ d_l}); histograms of p (counts and index sums) and their cumulative sums give every count at
+    every edge, O(tile·N·log k). The index sums are modulo 2^32, exact where they are used (bands of two).
     """
-    target = jnp.take_along_axis(dist, idx, axis=1)
+    lower, upper = target - 2 * bound[:, None], target + 2 * bound[:, None]
+    n, k = dist.shape[1], target.shape[1]
+    cols = jnp.arange(n, dtype=jnp.int32)
     if not search:
-        closer = jax.lax.map(lambda t: (dist < t[:, None]).sum(1, dtype=jnp.int32), target.T).T
-        return closer + 1
-    k = idx.shape[1]
-    ordered = jnp.sort(target, axis=1)
 
-    def row(ts: jax.Array, d: jax.Array, t: jax.Array) -> jax.Array:
-        p = jnp.searchsorted(ts, d, side="right")
-        cumulative = jnp.cumsum(jnp.zeros(k + 1, jnp.int32).at[p].add(1))
-        return cumulative[jnp.searchsorted(ts, t, side="left")]
+        def one(edges: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
+            below = dist < edges[0][:, None]
+            band = (dist <= edges[1][:, None]) & ~below
+            parts = (below.astype(jnp.int32), band.astype(jnp.int32), jnp.where(band, cols, 0))
+            init = tuple(jnp.int32(v) for v in (0, 0, 0))
+            return jax.lax.reduce(parts, init, _band_reduce, (1,))
 
-    return jax.vmap(row)(ordered, dist, target) + 1
+        return tuple(a.T for a in jax.lax.map(one, (lower.T, upper.T)))
+
+    def row(d: jax.Array, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, ...]:
+        def cumulative(edges: jax.Array, side: str) -> tuple[jax.Array, jax.Array]:
+            p = jnp.searchsorted(edges, d, side=side)
+            counts = jnp.cumsum(jnp.zeros(k + 1, jnp.int32).at[p].add(1))
+            return counts, jnp.cumsum(jnp.zeros(k + 1, jnp.int32).at[p].add(cols))
+
+        lo_sorted, hi_sorted = jnp.sort(lo), jnp.sort(hi)
+        # d_l < lo_j  <=>  #{edges <= d_l} <= #{edges < lo_j};  d_l <= hi_j  <=>  #{edges < d_l} <= #{edges < hi_j}
+        at_lo, at_hi = jnp.searchsorted(lo_sorted, lo, side="left"), jnp.searchsorted(hi_sorted, hi, side="left")
+        below_count, below_sum = (a[at_lo] for a in cumulative(lo_sorted, "right"))
+        upto_count, upto_sum = (a[at_hi] for a in cumulative(hi_sorted, "left"))
+        return below_count, upto_count - below_count, upto_sum - below_sum
+
+    return jax.vmap(row)(dist, lower, upper)
+
+
+def _exact_ranks(
+    dist: jax.Array,
+    bound: jax.Array,
+    targets: jax.Array,
+    rows: jax.Array,
+    data: jax.Array,
+    exact: jax.Array,
+    *,
+    search: bool,
+) -> jax.Array:
+    """r_im = 1 + #{l : d(i, l) < d(i, j_m)} exactly, for a (tile, N) block of computed squared distances (+inf on
+    the diagonal) within ``bound`` (tile,) of the exact ones, and (tile, k) targets j.
+
+    Points certainly closer are counted from the block; the band within 2·bound of the target (the target itself
+    included) is decided by double-float distances from the uncentred ``data``. A band of two is named by its index
+    sum; larger ones are walked from both ends, two members per pass over the row.
+    With ``exact`` (lattice data) the block is exact and the band holds only genuine ties, which do not count.
+    """
+    t, k = targets.shape
+    n = dist.shape[1]
+    target = jnp.take_along_axis(dist, targets, 1)
+    below, band, band_sum = _band_counts(dist, target, bound, search=search)
+    ambiguous = (band >= 2) & ~exact
+    pairs = ambiguous & (band == 2)
+
+    def row_key(r: jax.Array, cols: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Double-float ‖x_i − x_l‖² of tile rows r (B,) against points cols (B, c)."""
+        return df.accurate_sqdist(data[rows[r]][:, None, :], data[cols])
+
+    def closer_than_target(r: jax.Array, m: jax.Array, others: jax.Array, valid: jax.Array) -> jax.Array:
+        """#{valid others strictly closer to row r than its target m}, from one (B, 1 + c) double-float pass."""
+        hi, lo = row_key(r, jnp.concatenate([targets[r, m][:, None], others], 1))
+        return (df.less((hi[:, 1:], lo[:, 1:]), (hi[:, :1], lo[:, :1])) & valid).sum(1, dtype=jnp.int32)
+
+    def named(p: jax.Array, correction: jax.Array) -> jax.Array:
+        r, m = jnp.minimum(p // k, t - 1), p % k
+        other = jnp.clip(band_sum[r, m] - targets[r, m], 0, n - 1)[:, None]  # band {j, o}: o = sum − j
+        closer = closer_than_target(r, m, other, jnp.ones_like(other, bool))
+        return correction.reshape(-1).at[p].set(closer, mode="drop").reshape(t, k)
+
+    correction = for_each_true(pairs, ENTRY_CHUNK, named, jnp.zeros((t, k), jnp.int32))
+    cols = jnp.arange(n, dtype=jnp.int32)
+
+    def walked(p: jax.Array, correction: jax.Array) -> jax.Array:
+        r, m = jnp.minimum(p // k, t - 1), p % k
+        tv, e = target[r, m][:, None], 2 * bound[r][:, None]
+        inside = (dist[r] >= tv - e) & (dist[r] <= tv + e)
+
+        def ends(state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+            low, high, seen, closer = state  # members with index in (low, high) are still to be seen
+            left = inside & (cols > low[:, None]) & (cols < high[:, None])
+            parts = (jnp.where(left, cols, n), jnp.where(left, cols, -1))
+            mn, mx = jax.lax.reduce(parts, (jnp.int32(n), jnp.int32(-1)), _min_max, (1,))
+            found = jnp.stack([mn < n, (mx >= 0) & (mx != mn)], 1)
+            closer = closer + closer_than_target(r, m, jnp.clip(jnp.stack([mn, mx], 1), 0, n - 1), found)
+            return mn, mx, seen + found.sum(1, dtype=jnp.int32), closer
+
+        start = (jnp.full(r.shape, -1, jnp.int32), jnp.full(r.shape, n, jnp.int32))
+        start += (jnp.zeros(r.shape, jnp.int32), jnp.zeros(r.shape, jnp.int32))
+        closer = jax.lax.while_loop(lambda s: (s[2] < band[r, m]).any(), ends, start)[3]
+        return correction.reshape(-1).at[p].set(closer, mode="drop").reshape(t, k)
+
+    correction = for_each_true(ambiguous & ~pairs, ROW_CHUNK, walked, correction)
+    return 1 + below + correction
+
+
+def _min_max(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    return jnp.minimum(a[0], b[0]), jnp.maximum(a[1], b[1])
+
+
+def _per_space(fn: Any, operands: tuple[jax.Array, ...], rows: jax.Array) -> jax.Array:
+    """``stack([fn(operands[0]), fn(operands[1])])`` (slices along the leading axis) through one compiled ``fn``: a
+    loop whose trip count XLA cannot see (2 + min(rows[0], 0)), which it would otherwise unroll into two copies."""
+    shape = jax.eval_shape(fn, tuple(a[0] for a in operands))
+
+    def body(s: jax.Array, acc: jax.Array) -> jax.Array:
+        return acc.at[s].set(fn(tuple(jax.lax.dynamic_index_in_dim(a, s, keepdims=False) for a in operands)))
+
+    return jax.lax.fori_loop(0, 2 + jnp.minimum(rows[0], 0), body, jnp.zeros((2, *shape.shape), shape.dtype))
 
 
 def _rank_sums_tile(
-    rows: jax.Array, x: jax.Array, y: jax.Array, nbr_x: jax.Array, nbr_y: jax.Array, *, k: int, search: bool
+    rows: jax.Array,
+    centred_x: jax.Array,
+    centred_y: jax.Array,
+    data: jax.Array,
+    norms: jax.Array,
+    radii: jax.Array,
+    exact: jax.Array,
+    nbr_x: jax.Array,
+    nbr_y: jax.Array,
+    *,
+    k: int,
+    search: bool,
 ) -> tuple[jax.Array, jax.Array]:
     """Per-row sums of the Y-ranks of the X-neighbours and of the X-ranks of the Y-neighbours.
 
-    A zero-width ``nbr_x``/``nbr_y`` means no graph was given: the k nearest neighbours are then taken from the very
-    distance block the ranks use (the engine's top-k fused into this pass, saving one N² pass per embedding).
+    ``data`` (2, N, D) holds both spaces' rows, zero-padded to one width (zeros change no distance), so that the
+    exact steps run once per space through one compiled body (``lax.map`` over the spaces). A zero-width
+    ``nbr_x``/``nbr_y`` means no graph was given: the k nearest neighbours are then taken from the very distance
+    block the ranks use (the engine's exact top-k fused into this pass, saving one N² pass per embedding).
     """
-    diag = (jnp.arange(rows.shape[0]), rows)
-    dist_x = pairwise_block(x[rows], x, "sqeuclidean").at[diag].set(jnp.inf)
-    dist_y = pairwise_block(y[rows], y, "sqeuclidean").at[diag].set(jnp.inf)
-    near_x = nbr_x[rows] if nbr_x.shape[1] else jax.lax.top_k(-dist_x, k)[1]
-    near_y = nbr_y[rows] if nbr_y.shape[1] else jax.lax.top_k(-dist_y, k)[1]
-    x_to_y = _ranks(dist_y, near_x, search=search).sum(1)
-    y_to_x = _ranks(dist_x, near_y, search=search).sum(1)
+    t = rows.shape[0]
+    dims = (centred_x.shape[1], centred_y.shape[1])
+    dist = jnp.stack([pairwise_block(c[rows], c, "sqeuclidean") for c in (centred_x, centred_y)])
+    dist = dist.at[:, jnp.arange(t), rows].set(jnp.inf)
+    bound = jnp.stack([expanded_bound(norms[s, rows], radii[s], dims[s], "sq") for s in (0, 1)])
+    bound = jnp.where(exact[:, None], 0.0, bound)
+    queries = data[:, rows]
+
+    def neighbours(space: tuple[jax.Array, ...]) -> jax.Array:
+        d, b, q, ref, flag = space
+        return exact_top_k(-d, b, q, ref, flag, k=k, metric="euclidean", exclude_self=True, ordered=False)[0]
+
+    given = [nbr[rows] if nbr.shape[1] else None for nbr in (nbr_x, nbr_y)]
+    if given[0] is None and given[1] is None:
+        near = _per_space(neighbours, (dist, bound, queries, data, exact), rows)
+    else:
+        near = jnp.stack(
+            [
+                g if g is not None else neighbours((dist[s], bound[s], queries[s], data[s], exact[s]))
+                for s, g in enumerate(given)
+            ]
+        )
+
+    def rank_sums(space: tuple[jax.Array, ...]) -> jax.Array:
+        d, b, targets, ref, flag = space
+        return _exact_ranks(d, b, targets, rows, ref, flag, search=search).sum(1)
+
+    # space s ranks the other space's neighbours: [X-ranks of Y-neighbours, Y-ranks of X-neighbours]
+    y_to_x, x_to_y = _per_space(rank_sums, (dist, bound, near[::-1], data, exact), rows)
     return x_to_y, y_to_x
+
+
+def _exact_total(counts: jax.Array, dtype: Any) -> jax.Array:
+    """Σ counts (non-negative int32) rounded once to ``dtype``: the parts above and below 2^12 are exact floats and
+    their double-float sum is exact below 2^48 (float32), so the result depends on no summation order."""
+    high = (counts >> 12) << 12
+    return df.sum((high.astype(dtype), (counts - high).astype(dtype)), axis=0)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("k", "search", "tile", "mesh"))
@@ -102,12 +261,23 @@ def _information_imbalance(
 ) -> jax.Array:
     n = x.shape[0]
     dtype = jnp.result_type(x.dtype, y.dtype)
-    x = x - x.mean(0)
-    y = y - y.mean(0)
+    # Δ is piecewise constant; ranks do not change under the exact scaling by powers of two. Both spaces in the common
+    # dtype: the round-off bounds below are those of ``dtype``, so a float32 side must be computed in it too.
+    x, y = (jax.lax.stop_gradient(a).astype(dtype) for a in (x, y))
+    x, y = (a * exact_rescale(a) for a in (x, y))
+    exact, centred = [], []
+    for a in (x, y):
+        on_lattice = on_dyadic_lattice(a, terms=4 * a.shape[1])  # exact expanded distances: keep uncentred
+        exact.append(on_lattice)
+        centred.append(a - jnp.where(on_lattice, 0.0, a.mean(0)))
+    norms = jnp.stack([jnp.sqrt((c * c).sum(1)) for c in centred])
+    width = max(x.shape[1], y.shape[1])
+    data = jnp.stack([jnp.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in (x, y)])
     fn = functools.partial(_rank_sums_tile, k=k, search=search)
-    x_to_y, y_to_x = map_row_tiles(fn, n, x, y, nbr_x, nbr_y, tile=tile, mesh=mesh)
+    operands = (*centred, data, norms, norms.max(1), jnp.stack(exact), nbr_x, nbr_y)
+    x_to_y, y_to_x = map_row_tiles(fn, n, *operands, tile=tile, mesh=mesh)
     scale = 2.0 / (n * n * k)
-    return jnp.stack([x_to_y.astype(dtype).sum(), y_to_x.astype(dtype).sum()]) * scale
+    return jnp.stack([_exact_total(x_to_y, dtype), _exact_total(y_to_x, dtype)]) * scale
 
 
 def information_imbalance(
@@ -125,6 +295,10 @@ def information_imbalance(
     Δ(A→B) = (2/N) · mean over i and over the first k Euclidean neighbours j of i in A of the rank r^B_ij of j
     among i's neighbours in B (1-based, self excluded, ties ranked by the number of strictly closer points).
     Glielmo et al. 2022, PNAS Nexus 1(2). Δ(X→X) = (k+1)/N; with k = N−1, Δ = 1.
+
+    Neighbours and ranks are exact (float32 input: as float64 would decide them): r_ij = 1 + #{l : d(i, l) <
+    d(i, j)}, and neighbours tied at the k-th distance are taken in index order (a stable argsort). Binary and
+    small-integer features tie exactly and are ranked by this rule, for every ``tile`` and number of devices.
 
     Args:
       x: (N, d_x) features (numpy, jax or torch).

@@ -1,0 +1,205 @@
+"""Exact ties (issue 10, kind 4): binary and integer features tie exactly, and the results follow the documented rule.
+
+Information imbalance ranks by 1 + the number of strictly closer points and takes the neighbours by a stable
+argsort (genuine ties: lower index); the kNN graph puts equal exact distances in index order. Both are evaluated
+exactly, so they depend on neither ``tile`` nor the number of devices, and duplicate rows are found by value (r₁ = 0)
+whatever the round-off. The reference everywhere is numpy in float64 with direct differences (exact here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxalign.metrics.information_imbalance import COUNT_UP_TO_K, information_imbalance
+from jaxalign.metrics.intrinsic_dimension import distinct_neighbor_distances, mle_id
+from jaxalign.neighbors import knn
+
+
+def _sq(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    d = ((a[:, None, :] - a[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    return d
+
+
+def rule(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Δ(A→B) of ../shared/cases/numerics.py: stable-argsort neighbours in A, 1 + #strictly closer in B."""
+    da, db = _sq(a), _sq(b)
+    nbr = np.argsort(da, axis=1, kind="stable")[:, :k]
+    target = np.take_along_axis(db, nbr, 1)
+    return 2 * (1 + (db[:, None, :] < target[:, :, None]).sum(-1)).sum() / (len(a) ** 2 * k)
+
+
+def _fingerprints() -> tuple[np.ndarray, np.ndarray]:
+    """The binary features of numerics.py block 5 (its generator, advanced past blocks 1-4)."""
+    rng = np.random.default_rng(0)
+    rng.normal(size=(300, 4))
+    rng.normal(size=(300, 6)), rng.normal(size=(6, 20)), rng.normal(size=(20, 1))
+    rng.normal(size=(300, 32)), rng.normal(size=(300, 1, 32))
+    b = (rng.random((300, 64)) < 0.1).astype(np.float32)
+    b2 = b.copy()
+    b2[:, 32:] = rng.random((300, 32)) < 0.1
+    return b, b2
+
+
+def test_numerics_block5_rule_for_every_tile():
+    b, b2 = _fingerprints()
+    want = [rule(b, b2, 3), rule(b2, b, 3)]
+    np.testing.assert_allclose(want, [0.36105925925925925, 0.2970740740740741], rtol=1e-14)
+    results = [np.asarray(information_imbalance(b, b2, k=3, tile=tile)) for tile in (1, 7, None)]
+    for got in results:
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        np.testing.assert_array_equal(got, results[0])
+
+
+def lattice(kind: str, seed: int, n: int, d: int) -> np.ndarray:
+    """Features on a dyadic lattice, with repeated rows."""
+    rng = np.random.default_rng(seed)
+    if kind == "binary":
+        x = (rng.random((n, d)) < 0.2).astype(float)
+    elif kind == "counts":
+        x = rng.poisson(1.0, size=(n, d)).astype(float)
+    else:  # quarters in [-1, 1]
+        x = rng.integers(-4, 5, size=(n, d)) / 4.0
+    x[rng.integers(0, n, n // 5)] = x[rng.integers(0, n, n // 5)]
+    return x
+
+
+ties = st.fixed_dictionaries({"kind": st.sampled_from(["binary", "counts", "quarters"]), "seed": st.integers(0, 2**16)})
+EXAMPLES = {"lattice": 0, "continuous": 0}
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=ties, dtype=st.sampled_from([np.float32, np.float64]), tile=st.sampled_from([None, 7]))
+def test_information_imbalance_equals_the_rule_on_lattices(case, dtype, tile):
+    x = lattice(case["kind"], case["seed"], 60, 8)
+    y = lattice(case["kind"], case["seed"] + 1, 60, 6)
+    got = np.asarray(information_imbalance(x.astype(dtype), y.astype(dtype), k=3, tile=tile))
+    np.testing.assert_allclose(got, [rule(x, y, 3), rule(y, x, 3)], rtol=1e-6 if dtype == np.float32 else 1e-13)
+    EXAMPLES["lattice"] += 1
+
+
+def continuous(kind: str, seed: int, n: int = 80, d: int = 5) -> np.ndarray:
+    """Continuous data with exact duplicates and near-ties (distances equal to float32 round-off)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    if kind == "duplicates":
+        x = x[rng.integers(0, n // 2, n)]
+    elif kind == "near":
+        x[: n // 2] = x[0] * (1 + 1e-6 * rng.normal(size=(n // 2, d)))
+    else:  # points on a sphere around the first: equal distances up to round-off
+        u = rng.normal(size=(n - 1, d))
+        x[1:] = x[0] + 3 * u / np.linalg.norm(u, axis=1, keepdims=True)
+    return (x + 10).astype(np.float32)
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(["duplicates", "near", "sphere"]), seed=st.integers(0, 2**16))
+def test_information_imbalance_exact_on_continuous_data_with_ties(kind, seed):
+    """Float32 blocks whose round-off exceeds the gaps: counted ranks (k = 3) and searched ranks (k > 64)."""
+    x, y = continuous(kind, seed), continuous("duplicates", seed + 1)
+    for k in (3, COUNT_UP_TO_K + 3):
+        got = np.asarray(information_imbalance(x, y, k=k))
+        np.testing.assert_allclose(got, [rule(x, y, k), rule(y, x, k)], rtol=1e-6)
+    EXAMPLES["continuous"] += 1
+
+
+@pytest.mark.parametrize("dtypes", [(np.float32, np.float64), (np.float64, np.float32)])
+def test_information_imbalance_mixed_dtypes_follow_the_rule(dtypes):
+    """One float32 and one float64 space (x64 on): both are ranked in the common dtype, so the float32 side's
+    duplicates are tied exactly (the bounds of the wider dtype used on float32 distances broke the ties once)."""
+    rng = np.random.default_rng(0)
+    gap = 10.0 ** rng.uniform(-6, -4)
+    centres, steps = rng.normal(size=(12, 1, 6)), rng.normal(size=(12, 4, 6))
+    steps *= (gap * np.array([0.0, 1.0, 2.0, 4.0]))[None, :, None] / np.linalg.norm(steps, axis=2, keepdims=True)
+    x = (centres + steps).reshape(48, 6).astype(np.float16).astype(dtypes[0])  # copies equal or an ulp apart
+    y = rng.normal(size=(48, 4)).astype(dtypes[1])
+    for k in (1, 3):
+        got = np.asarray(information_imbalance(x, y, k=k))
+        np.testing.assert_allclose(got, [rule(x, y, k), rule(y, x, k)], rtol=1e-6)
+
+
+def test_hypothesis_ran_examples():
+    print(f"\nexact-tie examples: {EXAMPLES}")
+    assert all(count > 0 for count in EXAMPLES.values())
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "ip"])
+def test_knn_ties_go_to_the_lower_index(metric):
+    """Binary features: many equal distances and products; the graph is the stable argsort for every tile."""
+    x = lattice("binary", 3, 90, 12).astype(np.float32)
+    xd = x.astype(np.float64)
+    keys = -_sq(xd) if metric == "euclidean" else xd @ xd.T
+    np.fill_diagonal(keys, -np.inf)
+    want = np.argsort(-keys, axis=1, kind="stable")[:, :6]
+    for tile in (1, 7, None):
+        graph = knn(x, 6, metric=metric, tile=tile)
+        np.testing.assert_array_equal(np.asarray(graph.indices), want)
+
+
+def test_duplicates_found_by_value_for_every_tile_and_row_order():
+    """Morgan-like fingerprints (300 rows of 120 distinct binary vectors): the distinct rows are np.unique's, and the
+    MLE on them depends neither on the tile nor on the row order."""
+    rng = np.random.default_rng(8)
+    distinct = (rng.random((120, 256)) < 0.05).astype(np.float32)
+    x = distinct[rng.integers(0, 120, 300)]
+    n_unique = len(np.unique(x, axis=0))
+    graph = knn(x, 40, metric="euclidean")
+    _, keep, complete = distinct_neighbor_distances(graph.indices, graph.values, 10)
+    assert int(keep.sum()) == n_unique and bool((complete | ~keep).all())
+    with pytest.warns(UserWarning, match="duplicate"):
+        values = [float(mle_id(x, k=10, tile=tile)) for tile in (7, None)]
+    with pytest.warns(UserWarning, match="duplicate"):
+        values.append(float(mle_id(x[rng.permutation(300)], k=10)))
+    np.testing.assert_allclose(values, float(mle_id(np.unique(x, axis=0), k=10)), rtol=1e-6)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import json
+    import jax
+    import numpy as np
+    from jaxalign import knn
+    from jaxalign.metrics import information_imbalance
+
+    assert jax.device_count() == 2, jax.devices()
+    rng = np.random.default_rng(0)
+    b = (rng.random((150, 64)) < 0.1).astype(np.float32)
+    b2 = b.copy()
+    b2[:, 32:] = rng.random((150, 32)) < 0.1
+    c = rng.normal(size=(50, 8)).astype(np.float32)
+    c = np.repeat(c, 3, axis=0) * (1 + 1e-6 * rng.normal(size=(150, 8))).astype(np.float32)
+    out = {
+        "ii": [np.asarray(information_imbalance(b, b2, k=3, tile=t, mesh=m)).tolist()
+               for m, t in ((None, None), ("auto", None), ("auto", 7))],
+        "knn": [np.asarray(knn(a, 5, metric=metric, tile=7, mesh=m).indices).tolist()
+                for a, metric in ((b, "euclidean"), (c, "ip")) for m in (None, "auto")],
+    }
+    print(json.dumps(out))
+    print(json.dumps({"b": b.tolist(), "b2": b2.tolist()}))
+    """
+)
+
+
+def test_two_host_devices_give_the_rule():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    out, data = json.loads(lines[-2]), json.loads(lines[-1])
+    b, b2 = np.array(data["b"]), np.array(data["b2"])
+    want = [rule(b, b2, 3), rule(b2, b, 3)]
+    for got in out["ii"]:
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        assert got == out["ii"][0]
+    for single, sharded in zip(out["knn"][::2], out["knn"][1::2], strict=True):
+        assert single == sharded
