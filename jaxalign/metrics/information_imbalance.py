@@ -176,24 +176,14 @@ def _min_max(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> 
     return jnp.minimum(a[0], b[0]), jnp.maximum(a[1], b[1])
 
 
-def _per_space(fn: Any, operands: tuple[jax.Array, ...], rows: jax.Array) -> jax.Array:
-    """``stack([fn(operands[0]), fn(operands[1])])`` (slices along the leading axis) through one compiled ``fn``: a
-    loop whose trip count XLA cannot see (2 + min(rows[0], 0)), which it would otherwise unroll into two copies."""
-    shape = jax.eval_shape(fn, tuple(a[0] for a in operands))
-
-    def body(s: jax.Array, acc: jax.Array) -> jax.Array:
-        return acc.at[s].set(fn(tuple(jax.lax.dynamic_index_in_dim(a, s, keepdims=False) for a in operands)))
-
-    return jax.lax.fori_loop(0, 2 + jnp.minimum(rows[0], 0), body, jnp.zeros((2, *shape.shape), shape.dtype))
-
-
 def _rank_sums_tile(
     rows: jax.Array,
     centred_x: jax.Array,
     centred_y: jax.Array,
-    data: jax.Array,
-    norms: jax.Array,
-    radii: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    norm_x: jax.Array,
+    norm_y: jax.Array,
     exact: jax.Array,
     nbr_x: jax.Array,
     nbr_y: jax.Array,
@@ -203,40 +193,28 @@ def _rank_sums_tile(
 ) -> tuple[jax.Array, jax.Array]:
     """Per-row sums of the Y-ranks of the X-neighbours and of the X-ranks of the Y-neighbours.
 
-    ``data`` (2, N, D) holds both spaces' rows, zero-padded to one width (zeros change no distance), so that the
-    exact steps run once per space through one compiled body (``lax.map`` over the spaces). A zero-width
-    ``nbr_x``/``nbr_y`` means no graph was given: the k nearest neighbours are then taken from the very distance
-    block the ranks use (the engine's exact top-k fused into this pass, saving one N² pass per embedding).
+    Each space's (tile, N) block is its own buffer (stacking the two into one array cost ~15% in copies). A
+    zero-width ``nbr_x``/``nbr_y`` means no graph was given: the k nearest neighbours are then taken from the very
+    distance block the ranks use (the engine's exact top-k fused into this pass, saving one N² pass per embedding).
     """
     t = rows.shape[0]
-    dims = (centred_x.shape[1], centred_y.shape[1])
-    dist = jnp.stack([pairwise_block(c[rows], c, "sqeuclidean") for c in (centred_x, centred_y)])
-    dist = dist.at[:, jnp.arange(t), rows].set(jnp.inf)
-    bound = jnp.stack([expanded_bound(norms[s, rows], radii[s], dims[s], "sq") for s in (0, 1)])
-    bound = jnp.where(exact[:, None], 0.0, bound)
-    queries = data[:, rows]
+    spaces = []
+    for s, (centred, data, norm) in enumerate(((centred_x, x, norm_x), (centred_y, y, norm_y))):
+        dist = pairwise_block(centred[rows], centred, "sqeuclidean").at[jnp.arange(t), rows].set(jnp.inf)
+        bound = jnp.where(exact[s], 0.0, expanded_bound(norm[rows], norm.max(), data.shape[1], "sq"))
+        spaces.append((dist, bound, data, exact[s]))
 
-    def neighbours(space: tuple[jax.Array, ...]) -> jax.Array:
-        d, b, q, ref, flag = space
-        return exact_top_k(-d, b, q, ref, flag, k=k, metric="euclidean", exclude_self=True, ordered=False)[0]
+    def neighbours(nbr: jax.Array, space: tuple[jax.Array, ...]) -> jax.Array:
+        if nbr.shape[1]:
+            return nbr[rows]
+        dist, bound, data, flag = space
+        return exact_top_k(
+            -dist, bound, data[rows], data, flag, k=k, metric="euclidean", exclude_self=True, ordered=False
+        )[0]
 
-    given = [nbr[rows] if nbr.shape[1] else None for nbr in (nbr_x, nbr_y)]
-    if given[0] is None and given[1] is None:
-        near = _per_space(neighbours, (dist, bound, queries, data, exact), rows)
-    else:
-        near = jnp.stack(
-            [
-                g if g is not None else neighbours((dist[s], bound[s], queries[s], data[s], exact[s]))
-                for s, g in enumerate(given)
-            ]
-        )
-
-    def rank_sums(space: tuple[jax.Array, ...]) -> jax.Array:
-        d, b, targets, ref, flag = space
-        return _exact_ranks(d, b, targets, rows, ref, flag, search=search).sum(1)
-
-    # space s ranks the other space's neighbours: [X-ranks of Y-neighbours, Y-ranks of X-neighbours]
-    y_to_x, x_to_y = _per_space(rank_sums, (dist, bound, near[::-1], data, exact), rows)
+    near_x, near_y = neighbours(nbr_x, spaces[0]), neighbours(nbr_y, spaces[1])
+    x_to_y = _exact_ranks(*spaces[1][:2], near_x, rows, *spaces[1][2:], search=search).sum(1)
+    y_to_x = _exact_ranks(*spaces[0][:2], near_y, rows, *spaces[0][2:], search=search).sum(1)
     return x_to_y, y_to_x
 
 
@@ -270,11 +248,9 @@ def _information_imbalance(
         on_lattice = on_dyadic_lattice(a, terms=4 * a.shape[1])  # exact expanded distances: keep uncentred
         exact.append(on_lattice)
         centred.append(a - jnp.where(on_lattice, 0.0, a.mean(0)))
-    norms = jnp.stack([jnp.sqrt((c * c).sum(1)) for c in centred])
-    width = max(x.shape[1], y.shape[1])
-    data = jnp.stack([jnp.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in (x, y)])
+    norms = [jnp.sqrt((c * c).sum(1)) for c in centred]
     fn = functools.partial(_rank_sums_tile, k=k, search=search)
-    operands = (*centred, data, norms, norms.max(1), jnp.stack(exact), nbr_x, nbr_y)
+    operands = (*centred, x, y, *norms, jnp.stack(exact), nbr_x, nbr_y)
     x_to_y, y_to_x = map_row_tiles(fn, n, *operands, tile=tile, mesh=mesh)
     scale = 2.0 / (n * n * k)
     return jnp.stack([_exact_total(x_to_y, dtype), _exact_total(y_to_x, dtype)]) * scale
