@@ -330,8 +330,8 @@ def intrinsic_dimensions(ctx: Context, entry: dict[str, Any]) -> dict[str, Any]:
         has_dup = bool((np.asarray(ge.values[:, 0]) == 0).any())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            d2 = twonn(x) if has_dup else twonn(None, graph=ge)
-            dm = mle_id(x, k=k) if has_dup else mle_id(None, k=k, graph=ge)
+            d2 = twonn(x) if has_dup else twonn(x, graph=ge)  # with x: log ratios from exact differences
+            dm = mle_id(x, k=k) if has_dup else mle_id(x, k=k, graph=ge)
         dist, keep, complete = (np.asarray(a) for a in distinct(ge.indices, ge.values, k=k))
         with np.errstate(divide="ignore", invalid="ignore"):
             local = (k - 1) / np.log(dist[:, -1:] / dist).sum(1)

@@ -50,8 +50,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxalign import _double_float as df
 from jaxalign._checks import as_features, check_k, is_concrete
 from jaxalign.neighbors import NeighborGraph, check_graph, knn
+from jaxalign.tiling import default_tile, map_row_tiles
 
 __all__ = ["ALGORITHMS", "COMBS", "DUPLICATE_POLICIES", "distinct_neighbor_distances", "mle_id", "twonn"]
 
@@ -85,6 +87,13 @@ def distinct_neighbor_distances(
       ``complete`` (N,) True where the graph row held k distinct neighbours and all of the point's copies. The
       result is exact when ``complete`` holds for every kept row; otherwise the graph was too narrow.
     """
+    position, keep, complete = _distinct_positions(indices, values, k)
+    return jnp.take_along_axis(values, position, 1), keep, complete
+
+
+def _distinct_positions(indices: jax.Array, values: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(position (N, k) of the first k distinct neighbours in each graph row, keep, complete), as
+    :func:`distinct_neighbor_distances` describes."""
     n, width = indices.shape
     arange = jnp.arange(n, dtype=indices.dtype)
     zero = values == 0
@@ -98,26 +107,51 @@ def distinct_neighbor_distances(
     first = jnp.take_along_axis(first_sorted, jnp.argsort(order, axis=1), 1)
     valid = first & ~zero
     position = jnp.argsort(~valid, axis=1, stable=True)[:, :k]  # valid entries first, in distance order
-    dist = jnp.take_along_axis(values, position, 1)
     complete = (valid.sum(1) >= k) & (n_copies < width)
-    return dist, keep, complete
+    return position, keep, complete
 
 
 def _neighbour_distances(
     graph: NeighborGraph, k: int, on_duplicates: str
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """(dist (N, k), keep (N,), number of points used, invalid flag) under the duplicate policy.
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(dist (N, k), their neighbour indices (N, k), keep (N,), number of points used, invalid flag) under the
+    duplicate policy.
 
-    ``"raise"``: the graph's first k distances for every point (the wrapper also uses this path once it has checked
-    that there are no duplicates); the flag is set when any point has a copy. ``"drop"``: distances to distinct
-    neighbours of the distinct rows; the flag is set when the graph is too narrow for that.
+    ``"raise"``: the graph's first k neighbours of every point (the wrapper also uses this path once it has checked
+    that there are no duplicates); the flag is set when any point has a copy. ``"drop"``: the distinct neighbours of
+    the distinct rows; the flag is set when the graph is too narrow for that.
     """
     if on_duplicates == "raise":
-        dist = graph.values[:, :k]
         keep = jnp.ones(graph.n, bool)
-        return dist, keep, jnp.asarray(graph.n), (graph.values[:, 0] == 0).any()
-    dist, keep, complete = distinct_neighbor_distances(graph.indices, graph.values, k)
-    return dist, keep, keep.sum(), ~(complete | ~keep).all()
+        return graph.values[:, :k], graph.indices[:, :k], keep, jnp.asarray(graph.n), (graph.values[:, 0] == 0).any()
+    position, keep, complete = _distinct_positions(graph.indices, graph.values, k)
+    dist = jnp.take_along_axis(graph.values, position, 1)
+    neighbours = jnp.take_along_axis(graph.indices, position, 1)
+    return dist, neighbours, keep, keep.sum(), ~(complete | ~keep).all()
+
+
+def _log_ratios(x: jax.Array | None, dist: jax.Array, neighbours: jax.Array, keep: jax.Array) -> jax.Array:
+    """log(T_k / T_j), j = 1..k−1, per point (N, k − 1); 0 for the points not used.
+
+    With the features, each ratio is computed from double-float squared distances (:func:`jaxalign._double_float.
+    accurate_sqdist`) as ½·log1p((T_k² − T_j²)/T_j²), the difference taken before rounding: relative accuracy of a
+    few units of round-off in every ratio, however close T_j is to T_k. From the graph's rounded distances alone a
+    ratio 1 + ε carries an error of ~u/ε relative (near-lattice data: float32 TwoNN off by 2e-4 at μ − 1 ≈ 1e-4).
+    """
+    if x is None:
+        safe = jnp.where(keep[:, None], dist, 1)
+        return jnp.log(safe[:, -1:] / safe[:, :-1])
+
+    def rows_of(rows: jax.Array, feats: jax.Array, nbrs: jax.Array, used: jax.Array) -> jax.Array:
+        hi, lo = df.accurate_sqdist(feats[rows][:, None, :], feats[nbrs[rows]])
+        gap_hi, gap_lo = df.add((hi[:, -1:], lo[:, -1:]), df.neg((hi[:, :-1], lo[:, :-1])))
+        near = hi[:, :-1] + lo[:, :-1]
+        safe = used[rows][:, None] & (near > 0)
+        return jnp.where(safe, 0.5 * jnp.log1p((gap_hi + gap_lo) / jnp.where(safe, near, 1)), 0)
+
+    n, k = neighbours.shape
+    tile = default_tile(n, width=k * x.shape[1])
+    return map_row_tiles(rows_of, n, x, neighbours, keep, tile=tile, mesh=None).astype(dist.dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -125,11 +159,13 @@ def _neighbour_distances(
 
 
 @functools.partial(jax.jit, static_argnames=("algorithm", "mu_fraction", "on_duplicates"))
-def _twonn_core(graph: NeighborGraph, *, algorithm: str, mu_fraction: float, on_duplicates: str) -> jax.Array:
-    dist, keep, n_used, invalid = _neighbour_distances(graph, 2, on_duplicates)
+def _twonn_core(
+    graph: NeighborGraph, x: jax.Array | None, *, algorithm: str, mu_fraction: float, on_duplicates: str
+) -> jax.Array:
+    dist, neighbours, keep, n_used, invalid = _neighbour_distances(graph, 2, on_duplicates)
     dtype = dist.dtype
     n_used_f = n_used.astype(dtype)
-    log_mu = jnp.where(keep, jnp.log(dist[:, 1] / jnp.where(keep, dist[:, 0], 1)), 0)
+    log_mu = jnp.where(keep, _log_ratios(x, dist, neighbours, keep)[:, 0], 0)
     if algorithm == "ml":
         d = (n_used_f - 1) / log_mu.sum()
     else:
@@ -146,13 +182,14 @@ def _twonn_core(graph: NeighborGraph, *, algorithm: str, mu_fraction: float, on_
 
 
 @functools.partial(jax.jit, static_argnames=("k", "comb", "unbiased", "on_duplicates"))
-def _mle_core(graph: NeighborGraph, *, k: int, comb: str, unbiased: bool, on_duplicates: str) -> jax.Array:
-    dist, keep, n_used, invalid = _neighbour_distances(graph, k, on_duplicates)
+def _mle_core(
+    graph: NeighborGraph, x: jax.Array | None, *, k: int, comb: str, unbiased: bool, on_duplicates: str
+) -> jax.Array:
+    dist, neighbours, keep, n_used, invalid = _neighbour_distances(graph, k, on_duplicates)
     dtype = dist.dtype
     n_used_f = n_used.astype(dtype)
     kfac = k - 2 if unbiased else k - 1
-    safe = jnp.where(keep[:, None], dist, 1)
-    log_sum = jnp.log(safe[:, -1:] / safe).sum(1)  # Σ_j log(T_k / T_j); the j = k term is 0
+    log_sum = _log_ratios(x, dist, neighbours, keep).sum(1)  # Σ_{j<k} log(T_k / T_j)
     if comb == "mle":
         d = kfac / (jnp.where(keep, log_sum, 0).sum() / n_used_f)
     else:
@@ -168,7 +205,7 @@ def _mle_core(graph: NeighborGraph, *, k: int, comb: str, unbiased: bool, on_dup
 @functools.partial(jax.jit, static_argnames=("k", "on_duplicates"))
 def _equal_distance_count(graph: NeighborGraph, *, k: int, on_duplicates: str) -> jax.Array:
     """Number of points used whose k nearest (distinct) neighbours are all equally far, T_k = T_1 (k = 2: μ = 1)."""
-    dist, keep, _, _ = _neighbour_distances(graph, k, on_duplicates)
+    dist, _, keep, _, _ = _neighbour_distances(graph, k, on_duplicates)
     return (keep & (dist[:, -1] == dist[:, 0])).sum()
 
 
@@ -204,7 +241,7 @@ def _refuse_equal_distances(
         return value
     n_equal = int(_equal_distance_count(graph, k=k, on_duplicates=policy))
     if n_equal:
-        n = int(_neighbour_distances(graph, k, policy)[2]) if policy == "drop" else graph.n
+        n = int(_neighbour_distances(graph, k, policy)[3]) if policy == "drop" else graph.n
         raise ValueError(_equal_distances_message(name, estimator, n_equal, n, k, float(value)))
     return value
 
@@ -222,9 +259,9 @@ def _euclidean_graph(
     tile: int | None,
     mesh: Mesh | str | None,
     estimator: str,
-) -> tuple[NeighborGraph, str]:
-    """A Euclidean, self-excluded kNN graph of ``x`` wide enough for ``k`` distinct neighbours, and the policy the core
-    should apply to it.
+) -> tuple[NeighborGraph, str, jax.Array | None]:
+    """A Euclidean, self-excluded kNN graph of ``x`` wide enough for ``k`` distinct neighbours, the policy the core
+    should apply to it, and ``x`` as checked features (None when only a graph was given).
 
     Eagerly (concrete values): no duplicates → the graph truncated to ``k`` and policy ``"raise"`` (the plain path,
     no masking needed); duplicates → ValueError (``on_duplicates="raise"``) or a warning and, when needed, a wider
@@ -245,12 +282,12 @@ def _euclidean_graph(
             raise ValueError(f"`graph` has {graph.n} rows; {estimator} needs at least {k + 1} points.")
         check_graph(graph, "graph", metric="euclidean", k=k, purpose=estimator)  # wide enough (not truncated here)
     if not is_concrete(graph.values):
-        return (graph.truncate(k) if on_duplicates == "raise" and graph.k > k else graph), on_duplicates
+        return (graph.truncate(k) if on_duplicates == "raise" and graph.k > k else graph), on_duplicates, x
 
     n = graph.n
     n_dup = int((graph.values[:, 0] == 0).sum())
     if n_dup == 0:
-        return (graph.truncate(k) if graph.k > k else graph), "raise"
+        return (graph.truncate(k) if graph.k > k else graph), "raise", x
     if on_duplicates == "raise":
         raise ValueError(
             f"`x` has {n_dup} rows with an exact duplicate (nearest-neighbour distance 0), for which {estimator} "
@@ -279,7 +316,7 @@ def _euclidean_graph(
         f"{estimator} on the {n_distinct} distinct rows. Deduplicate first (np.unique(x, axis=0)) to silence this.",
         stacklevel=3,
     )
-    return graph, on_duplicates
+    return graph, on_duplicates, x
 
 
 _distinct_jit = jax.jit(distinct_neighbor_distances, static_argnames=("k",))
@@ -332,10 +369,10 @@ def twonn(
     mu_fraction = float(mu_fraction)
     if algorithm == "base" and math.isclose(mu_fraction, 1.0):
         algorithm = "ml"
-    g, policy = _euclidean_graph(x, graph, 2, on_duplicates, tile, mesh, "TwoNN")
+    g, policy, x = _euclidean_graph(x, graph, 2, on_duplicates, tile, mesh, "TwoNN")
     if algorithm == "base" and int(g.n * mu_fraction) < 1:
         raise ValueError(f"`mu_fraction`={mu_fraction} keeps no point of N={g.n}; raise it (default 0.9).")
-    value = _twonn_core(g, algorithm=algorithm, mu_fraction=mu_fraction, on_duplicates=policy)
+    value = _twonn_core(g, x, algorithm=algorithm, mu_fraction=mu_fraction, on_duplicates=policy)
     return _refuse_equal_distances(value, g, 2, policy, "graph" if x is None else "x", "TwoNN")
 
 
@@ -382,6 +419,6 @@ def mle_id(
         x = as_features(x, "x")
     if isinstance(graph, NeighborGraph) or x is not None:
         check_k(k, graph.n if isinstance(graph, NeighborGraph) else x.shape[0], "k", low=3)
-    g, policy = _euclidean_graph(x, graph, k, on_duplicates, tile, mesh, "MLE")
-    value = _mle_core(g, k=int(k), comb=comb, unbiased=bool(unbiased), on_duplicates=policy)
+    g, policy, x = _euclidean_graph(x, graph, k, on_duplicates, tile, mesh, "MLE")
+    value = _mle_core(g, x, k=int(k), comb=comb, unbiased=bool(unbiased), on_duplicates=policy)
     return _refuse_equal_distances(value, g, int(k), policy, "graph" if x is None else "x", "MLE")
