@@ -14,15 +14,15 @@ computed and how many were read from the cache (the tests assert that a rerun co
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxalign.journal import atomic_write_bytes, content_key, read_npz, write_npz
 
 __all__ = [
     "Checkpoint",
@@ -34,36 +34,6 @@ __all__ = [
     "write_json",
     "write_npz",
 ]
-
-
-def _canonical(payload: Any) -> str:
-    return json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
-
-
-def content_key(kind: str, payload: Mapping[str, Any]) -> str:
-    """A 20-hex-digit content key: sha256 of ``kind`` and the canonical JSON of ``payload``."""
-    return hashlib.sha256(f"{kind}\0{_canonical(payload)}".encode()).hexdigest()[:20]
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        if err.filename is None:  # a failed write or fsync names no file: name the target (e.g. "disk full")
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -83,20 +53,6 @@ def _json_default(obj: Any) -> Any:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
-
-
-def write_npz(path: str | Path, arrays: Mapping[str, Any]) -> Path:
-    """Atomically write ``arrays`` (no pickle) to an uncompressed ``.npz``."""
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
 
 
 class Checkpoint:

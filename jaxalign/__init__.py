@@ -6,10 +6,25 @@
 - :mod:`jaxalign.descriptors`, :mod:`jaxalign.projection`, :mod:`jaxalign.energy`, :mod:`jaxalign.tree` — cumulant
   descriptors, PCovR, energy-error baseline, the evolutionary tree of models.
 - :mod:`jaxalign.cpu` — keep jax's LAPACK kernels from oversubscribing the cores XLA uses.
+- :mod:`jaxalign.sweep` — every model x model matrix of a study in passes over row tiles, resumable
+  (:mod:`jaxalign.journal`), sharded over devices and hosts.
 - :mod:`jaxalign.io` — embedding files written by the extractor processes; :mod:`jaxalign.plots` — figures.
 """
 
-from jaxalign import cpu, descriptors, energy, io, metrics, preprocessing, projection, reconstruction, ridge, tree
+from jaxalign import (
+    cpu,
+    descriptors,
+    energy,
+    io,
+    journal,
+    metrics,
+    preprocessing,
+    projection,
+    reconstruction,
+    ridge,
+    sweep,
+    tree,
+)
 from jaxalign.neighbors import NeighborGraph, knn
 from jaxalign.tiling import map_row_tiles, row_mesh
 
@@ -20,6 +35,7 @@ __all__ = [
     "descriptors",
     "energy",
     "io",
+    "journal",
     "knn",
     "map_row_tiles",
     "metrics",
@@ -28,5 +44,6 @@ __all__ = [
     "reconstruction",
     "ridge",
     "row_mesh",
+    "sweep",
     "tree",
 ]

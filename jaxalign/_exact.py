@@ -30,6 +30,7 @@ __all__ = [
     "exact_rescale",
     "exact_top_k",
     "expanded_bound",
+    "expanded_frame",
     "for_each_true",
     "on_dyadic_lattice",
 ]
@@ -83,6 +84,16 @@ def on_dyadic_lattice(*arrays: jax.Array, terms: int) -> jax.Array:
     )
     representable = (2 * (high - bits) - 1 >= info.minexp - info.nmant) & (2 * high + log_terms < info.maxexp)
     return on_lattice.all() & (representable | (top == 0))
+
+
+def expanded_frame(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(data, exact, rows)`` for Euclidean blocks of x by the expanded formula: data = x·2^−h (exact, largest
+    entry in [1/2, 1)), whether data lie on a dyadic lattice (:func:`on_dyadic_lattice` with 4·d terms), and the rows
+    to use: data themselves on the lattice (every expanded distance exact), centred data elsewhere (round-off
+    relative to the spread, not to the offset). The scale is a constant for the gradient."""
+    data = x * jax.lax.stop_gradient(exact_rescale(x))
+    exact = on_dyadic_lattice(data, terms=4 * data.shape[1])
+    return data, exact, data - jnp.where(exact, 0.0, data.mean(0))
 
 
 # ---- round-off bounds ----------------------------------------------------------------------------------------------

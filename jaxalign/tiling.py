@@ -9,6 +9,7 @@ clamped to row N-1 and their outputs dropped, so ``fn`` never sees an out-of-ran
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,16 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
-__all__ = ["ROW_AXIS", "default_tile", "map_row_tiles", "pairwise_block", "resolve_mesh", "row_mesh", "safe_sqrt"]
+__all__ = [
+    "ROW_AXIS",
+    "default_tile",
+    "map_row_tiles",
+    "pairwise_block",
+    "resolve_mesh",
+    "row_mesh",
+    "safe_sqrt",
+    "sum_row_tiles",
+]
 
 ROW_AXIS = "rows"
 #: Elements of one (tile, N) block; 2**23 float32 values = 32 MiB.
@@ -25,15 +35,20 @@ TILE_BUDGET = 1 << 23
 
 
 def row_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh over ``devices`` (default: all devices) whose axis ``"rows"`` splits row tiles."""
-    devices = jax.devices() if devices is None else list(devices)
+    """A 1-D mesh over ``devices`` (default: this process's devices) whose axis ``"rows"`` splits row tiles.
+
+    The default is the local devices: the metrics work on host-local arrays, and under ``jax.distributed`` each
+    process shards over its own devices (:func:`jaxalign.sweep.pairwise_matrices` deals work units to the processes).
+    """
+    devices = jax.local_devices() if devices is None else list(devices)
     return Mesh(devices, (ROW_AXIS,))
 
 
 def resolve_mesh(mesh: Mesh | str | None) -> Mesh | None:
-    """``"auto"`` → a row mesh over all devices when there are several, else None; a Mesh or None as given."""
+    """``"auto"`` → a row mesh over this process's devices when there are several, else None; a Mesh or None as
+    given."""
     if mesh == "auto":
-        return row_mesh() if jax.device_count() > 1 else None
+        return row_mesh() if jax.local_device_count() > 1 else None
     if mesh is None or isinstance(mesh, Mesh):
         return mesh
     raise ValueError(f"`mesh` must be a jax.sharding.Mesh, 'auto' or None, got {mesh!r}.")
@@ -89,6 +104,69 @@ def map_row_tiles(
         )
     out = run(rows, *operands)
     return jax.tree_util.tree_map(lambda a: a.reshape((n_tiles * tile, *a.shape[2:]))[:n], out)
+
+
+def sum_row_tiles(
+    fn: Callable[..., Any],
+    rows: jax.Array,
+    *operands: Any,
+    tile: int,
+    mesh: Mesh | None = None,
+    combine: Callable[[Any, Any], Any] | None = None,
+) -> Any:
+    """Σ over the tiles of ``rows`` of ``fn(tile_rows, valid, *operands)``: a reduction over row tiles.
+
+    The counterpart of :func:`map_row_tiles` for statistics that are sums over rows (Gram matrices of flattened
+    blocks, rank counts, scattered row sums): ``rows`` (R,) is padded to whole tiles (a multiple of the device count)
+    by repeating its last entry with ``valid`` False, and ``fn`` must give those rows no weight. The tiles run in
+    order in a ``lax.scan`` whose carry is the running sum; on a mesh each device sums its share of the tiles and the
+    devices' partial sums are gathered and combined in device order (deterministic for a given device count).
+
+    Args:
+      fn: maps (tile,) int32 row indices, a (tile,) bool ``valid`` mask and the operands to a pytree of arrays of
+        fixed shapes (not per row); the pytree is summed leaf by leaf (``+``).
+      rows: (R,) int32 indices of the rows to visit.
+      operands: arrays every tile needs in full (replicated on every device).
+      tile: rows per tile.
+      mesh: a 1-D mesh whose devices split the tiles, or None.
+      combine: ``(total, part) -> total`` for the whole pytree (e.g. exact double-float additions); default: ``+``
+        leaf by leaf.
+
+    Returns:
+      The pytree of sums, replicated.
+    """
+    n_dev = 1 if mesh is None else mesh.devices.size
+    count = rows.shape[0]
+    tile = max(1, min(int(tile), count))
+    n_tiles = math.ceil(math.ceil(count / tile) / n_dev) * n_dev
+    padded = n_tiles * tile
+    valid = (jnp.arange(padded) < count).reshape(n_tiles, tile)
+    rows = jnp.concatenate([rows, jnp.broadcast_to(rows[-1:], (padded - count,))]).reshape(n_tiles, tile)
+    shapes = jax.eval_shape(fn, rows[0], valid[0], *operands)
+    if combine is None:
+        combine = functools.partial(jax.tree_util.tree_map, jnp.add)
+
+    def run(row_tiles: jax.Array, valid_tiles: jax.Array, *ops: Any) -> Any:
+        def step(total: Any, tile_in: tuple[jax.Array, jax.Array]) -> tuple[Any, None]:
+            return combine(total, fn(tile_in[0], tile_in[1], *ops)), None
+
+        zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        total = jax.lax.scan(step, zero, (row_tiles, valid_tiles))[0]
+        if mesh is None:
+            return total
+        parts = jax.lax.all_gather(total, mesh.axis_names[0])
+        return jax.lax.scan(lambda t, p: (combine(t, p), None), zero, parts)[0]
+
+    if mesh is not None:
+        axis = mesh.axis_names[0]
+        run = jax.shard_map(
+            run,
+            mesh=mesh,
+            in_specs=(PartitionSpec(axis), PartitionSpec(axis)) + (PartitionSpec(),) * len(operands),
+            out_specs=PartitionSpec(),
+            check_vma=False,
+        )
+    return run(rows, valid, *operands)
 
 
 def safe_sqrt(x: jax.Array) -> jax.Array:

@@ -22,7 +22,7 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import jaxalign as ja
@@ -131,6 +131,22 @@ def _same_outcome(got, want, rtol: float) -> None:
     np.testing.assert_allclose(got[1], want[1], rtol=rtol, atol=rtol * max(1.0, float(np.abs(want[1]).max())))
 
 
+def _rank_resolved(x: np.ndarray) -> bool:
+    """False when the float64 reference would use directions of x that only its storage precision created.
+
+    A rank-deficient embedding stored in float32 (or float16) is full rank at the level of its own rounding: singular
+    values ~1e-7 · s_max (float16: ~1e-3) that float64 resolves and the ridge's cutoff grid (down to 1e-9 · s_max)
+    may select, while the float32 fit drops them below its numerical rank max(n, d) · eps · s_max (ridge.py). GFRE
+    then depends on the input's round-off, and float32 cannot equal float64; such inputs are skipped.
+    """
+    if x.dtype == np.float64:
+        return True
+    values = _values64(x)
+    s = np.linalg.svd(values - values.mean(0), compute_uv=False)
+    relative = s / s[0] if s[0] > 0 else s
+    return not bool(((relative > 1e-10) & (relative < 1e-2)).any())
+
+
 def _tolerance(*arrays: np.ndarray) -> float:
     return 1e-10 if all(a.dtype == np.float64 for a in arrays) else 1e-4
 
@@ -219,6 +235,8 @@ SINGLES = {
 @EXAMPLES
 @given(x=embeddings(), y=embeddings(d=4))
 def test_pair_metric_float32_equals_float64(name, x, y):
+    if name == "gfre":
+        assume(_rank_resolved(x))
     fn = PAIRS[name]
     got = _outcome(fn, x, y)
     with jax.enable_x64(True):

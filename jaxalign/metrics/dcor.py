@@ -20,15 +20,17 @@ Precision: both estimators are unchanged when a constant c is subtracted from th
 diagonal included, for the V-statistic; from the off-diagonal entries for the U-statistic), so the pass sums the
 shifted a_ij − c with c = (mean squared distance)^(p/2) ≈ the mean distance. This removes the cancellation between
 S1/n² and S3/n⁴ that otherwise costs float32 most of its digits; :func:`dcor_from_sums` undoes the shift exactly.
-The data are centred before the expanded |x|² + |y|² − 2 x·y formula and the diagonal is set to 0 by index.
+Distances come from the expanded |x|² + |y|² − 2 x·y formula on the rows of :class:`DistanceFrame`: centred, or
+uncentred on a dyadic lattice (binary fingerprints, small counts), where every expanded distance is exact; the
+diagonal is set to 0 by index.
 
 Scale: dCor is invariant to rescaling either input, so each input is brought to unit scale before any sum is formed
-(translated by its first row, divided by its largest |entry|, centred, divided by its RMS row norm — see
-:func:`jaxalign.metrics.kernel.unit_scale`); the per-row sums of :func:`distance_row_sums` are in those units. The
+(multiplied by a power of two bringing its largest |entry| into [1/2, 1), exactly, then by the inverse RMS row norm
+of the centred rows: :func:`distance_frame`); the per-row sums of :func:`distance_row_sums` are in those units. The
 ratio is formed as dCov² / sqrt|dVar²(X)| / sqrt|dVar²(Y)|, never through the product of the two variances, so
 inputs of size 1e-12 … 1e12 give the same value in float32. The zero-denominator rule (dCor = 0, as in dcor 0.7)
-fires only for a truly constant input: after the exact translation by the first row all its shifted distance powers
-are exactly 0, while any other input has Σ_j a'_ij² ≥ c² > 0 in unit scale.
+fires only for a truly constant input (every row equal to the first), whose shifted distance powers are set to
+exactly 0, while any other input has Σ_j a'_ij² ≥ c² > 0 in unit scale.
 
 Gradients: a_ij is computed as a safe power of the squared distance (zero gradient where the distance is 0: the
 diagonal and duplicated rows), and each tile is rematerialised in the backward pass, so ``jax.grad`` stays finite
@@ -47,10 +49,21 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from jaxalign._checks import as_features, check_same_n, check_variance
-from jaxalign.metrics.kernel import unit_scale
+from jaxalign._exact import expanded_frame
 from jaxalign.tiling import map_row_tiles, pairwise_block, resolve_mesh, safe_sqrt
 
-__all__ = ["DistanceMoments", "dcor", "dcor_from_sums", "dcor_sqr", "distance_row_sums", "u_dcor_sqr"]
+__all__ = [
+    "DistanceFrame",
+    "DistanceMoments",
+    "dcor",
+    "dcor_from_sums",
+    "dcor_from_totals",
+    "dcor_sqr",
+    "distance_frame",
+    "distance_power_block",
+    "distance_row_sums",
+    "u_dcor_sqr",
+]
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["row", "sq", "shift"], meta_fields=[])
@@ -93,36 +106,47 @@ def _safe_power(sq: jax.Array, half_exponent: float) -> jax.Array:
     return jnp.where(positive, jnp.where(positive, sq, 1.0) ** half_exponent, 0.0)
 
 
-def _shift(x: jax.Array, exponent: float) -> jax.Array:
-    """(mean_ij ‖x_i − x_j‖²)^(p/2) for centred x (mean squared distance = 2 Σ_i ‖x_i‖² / n): a cheap guess of the
-    mean distance power, subtracted from every entry to avoid cancellation. Treated as a constant (the statistics do
-    not depend on it)."""
-    mean_sq = 2.0 * jnp.sum(x * x) / x.shape[0]
-    return jax.lax.stop_gradient(_safe_power(mean_sq, exponent / 2.0))
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["rows", "factor", "shift"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class DistanceFrame:
+    """One embedding's operands of the distance blocks: a_ij = ‖r_i − r_j‖^p·f^p − c.
 
-
-def _unit(x: jax.Array) -> jax.Array:
-    """x translated by its first row, centred and divided by its scale (:func:`~jaxalign.metrics.kernel.unit_scale`).
-
-    Exactly 0 for a constant input. The scale is a constant for the gradient: every statistic is invariant to it.
+    Attributes:
+      rows: (N, d) the rows of :func:`jaxalign._exact.expanded_frame` (rescaled by a power of two; uncentred on a
+        dyadic lattice, where the expanded distances are exact; centred elsewhere); 0 for a constant input.
+      factor: () f, bringing the rows to unit scale (RMS row norm 1 after centring); a constant for the gradient.
+      shift: () c = (mean squared unit-scale distance)^(p/2) = 2^(p/2) up to round-off, ≈ the mean distance power,
+        subtracted from every entry to avoid cancellation (0 for a constant input); a constant for the gradient.
     """
-    scale = jax.lax.stop_gradient(unit_scale(x)[1])
-    x = x - x[:1]
-    x = x - x.mean(0)
-    return x / jnp.where(scale > 0, scale, 1.0)
+
+    rows: jax.Array
+    factor: jax.Array
+    shift: jax.Array
 
 
-def _distance_power_block(rows: jax.Array, x: jax.Array, shift: jax.Array, exponent: float) -> jax.Array:
-    """(tile, N) block of ‖x_i − x_j‖^p − shift for the rows of the tile; the self-distance is 0 by index."""
-    sq = pairwise_block(x[rows], x, "sqeuclidean").at[jnp.arange(rows.shape[0]), rows].set(0.0)
-    return _safe_power(sq, exponent / 2.0) - shift
+def distance_frame(x: jax.Array, exponent: float) -> DistanceFrame:
+    """The :class:`DistanceFrame` of x (traceable; no checks)."""
+    data, _, rows = expanded_frame(x)
+    constant = jnp.all(x == x[:1])
+    centred = data - data.mean(0)
+    rms = jax.lax.stop_gradient(jnp.sqrt(jnp.mean(jnp.sum(centred * centred, axis=1))))
+    factor = jnp.where(constant | (rms == 0), 1.0, 1.0 / jnp.where(rms > 0, rms, 1.0))
+    unit = jax.lax.stop_gradient(centred * factor)
+    shift = jnp.where(constant, 0.0, _safe_power(2.0 * jnp.sum(unit * unit) / x.shape[0], exponent / 2.0))
+    return DistanceFrame(jnp.where(constant, 0.0, rows), factor, jax.lax.stop_gradient(shift))
+
+
+def distance_power_block(rows: jax.Array, frame: DistanceFrame, exponent: float) -> jax.Array:
+    """(tile, N) block of a'_ij = (‖r_i − r_j‖·f)^p − c for the given rows; the self-distance is 0 by index."""
+    sq = pairwise_block(frame.rows[rows], frame.rows, "sqeuclidean").at[jnp.arange(rows.shape[0]), rows].set(0.0)
+    return _safe_power(sq * (frame.factor * frame.factor), exponent / 2.0) - frame.shift
 
 
 def _row_sums_tile(
-    rows: jax.Array, x: jax.Array, y: jax.Array, shift_x: jax.Array, shift_y: jax.Array, *, exponent: float
+    rows: jax.Array, frame_x: DistanceFrame, frame_y: DistanceFrame, *, exponent: float
 ) -> tuple[jax.Array, ...]:
-    a = _distance_power_block(rows, x, shift_x, exponent)
-    b = _distance_power_block(rows, y, shift_y, exponent)
+    a = distance_power_block(rows, frame_x, exponent)
+    b = distance_power_block(rows, frame_y, exponent)
     return a.sum(1), b.sum(1), (a * b).sum(1), (a * a).sum(1), (b * b).sum(1)
 
 
@@ -130,11 +154,10 @@ def _row_sums_tile(
 def _distance_row_sums(
     x: jax.Array, y: jax.Array, *, exponent: float, tile: int | None, mesh: Mesh | None
 ) -> tuple[DistanceMoments, DistanceMoments, jax.Array]:
-    x, y = _unit(x), _unit(y)
-    shift_x, shift_y = _shift(x, exponent), _shift(y, exponent)
+    frame_x, frame_y = distance_frame(x, exponent), distance_frame(y, exponent)
     fn = jax.checkpoint(functools.partial(_row_sums_tile, exponent=exponent))
-    a, b, ab, aa, bb = map_row_tiles(fn, x.shape[0], x, y, shift_x, shift_y, tile=tile, mesh=mesh)
-    return DistanceMoments(a, aa, shift_x), DistanceMoments(b, bb, shift_y), ab
+    a, b, ab, aa, bb = map_row_tiles(fn, x.shape[0], frame_x, frame_y, tile=tile, mesh=mesh)
+    return DistanceMoments(a, aa, frame_x.shift), DistanceMoments(b, bb, frame_y.shift), ab
 
 
 def distance_row_sums(
@@ -164,25 +187,58 @@ def distance_row_sums(
     return _distance_row_sums(x, y, exponent=exponent, tile=tile, mesh=resolve_mesh(mesh))
 
 
-def _dcov_v(cross: jax.Array, mx: DistanceMoments, my: DistanceMoments) -> jax.Array:
-    """S1/n² − 2 S2/n³ + S3/n⁴ = mean(a b) − 2 mean_i(ā_i b̄_i) + ā b̄ (ā_i = a_i·/n), exact for the shifted sums."""
-    n = float(mx.n)  # n² overflows int32 beyond N = 46,340
-    ra, rb = mx.row / n, my.row / n
+def _dcov_v(cross: jax.Array, row_x: jax.Array, row_y: jax.Array) -> jax.Array:
+    """S1/n² − 2 S2/n³ + S3/n⁴ = mean(a b) − 2 mean_i(ā_i b̄_i) + ā b̄ (ā_i = a_i·/n), exact for the shifted sums;
+    ``cross`` is the total Σ_ij a'_ij b'_ij."""
+    n = float(row_x.shape[0])  # n² overflows int32 beyond N = 46,340
+    ra, rb = row_x / n, row_y / n
     mean_a, mean_b = ra.mean(), rb.mean()
-    return cross.sum() / (n * n) - 2.0 * jnp.mean((ra - mean_a) * (rb - mean_b)) - mean_a * mean_b
+    return cross / (n * n) - 2.0 * jnp.mean((ra - mean_a) * (rb - mean_b)) - mean_a * mean_b
 
 
-def _dcov_u(cross: jax.Array, mx: DistanceMoments, my: DistanceMoments, diag: jax.Array) -> jax.Array:
+def _dcov_u(cross: jax.Array, row_x: jax.Array, row_y: jax.Array, shift_x: jax.Array, shift_y: jax.Array) -> jax.Array:
     """S1/(n(n−3)) − 2 S2/(n(n−2)(n−3)) + S3/(n(n−1)(n−2)(n−3)) of the off-diagonal-shifted entries.
 
-    ``cross`` holds the entries shifted on the diagonal too; ``diag`` is the diagonal's contribution c_a c_b to it.
+    ``cross`` (the total) holds the entries shifted on the diagonal too, whose contribution n·c_a·c_b is removed.
     """
-    n = float(mx.n)  # n² overflows int32 beyond N = 46,340
-    ra, rb = mx.row + mx.shift, my.row + my.shift  # row sums with a'_ii = 0
-    s1 = cross.sum() - n * diag
+    n = float(row_x.shape[0])  # n² overflows int32 beyond N = 46,340
+    ra, rb = row_x + shift_x, row_y + shift_y  # row sums with a'_ii = 0
+    s1 = cross - n * shift_x * shift_y
     s2 = jnp.dot(ra, rb)
     s3 = ra.sum() * rb.sum()
     return (s1 - 2.0 * s2 / (n - 2) + s3 / ((n - 1) * (n - 2))) / (n * (n - 3))
+
+
+@functools.partial(jax.jit, static_argnames=("unbiased",))
+def dcor_from_totals(
+    moments_x: DistanceMoments,
+    moments_y: DistanceMoments,
+    cross: jax.Array,
+    sq_x: jax.Array,
+    sq_y: jax.Array,
+    *,
+    unbiased: bool = False,
+) -> jax.Array:
+    """:func:`dcor_from_sums` from the totals of the pair sums: ``cross`` = Σ_ij a'_ij b'_ij, ``sq_x`` = Σ_ij a'_ij²,
+    ``sq_y`` = Σ_ij b'_ij² (the per-row ``sq`` of the moments is not read). A model x model sweep
+    (:func:`jaxalign.sweep.pairwise_matrices`) gets all of them at once as the Gram matrix of flattened distance tiles.
+    """
+    mx, my = moments_x, moments_y
+    if unbiased:
+        if mx.n < 4:
+            raise ValueError(f"the bias-corrected statistic needs n >= 4 samples, got n={mx.n}.")
+        cov = _dcov_u(cross, mx.row, my.row, mx.shift, my.shift)
+        var_x = _dcov_u(sq_x, mx.row, mx.row, mx.shift, mx.shift)
+        var_y = _dcov_u(sq_y, my.row, my.row, my.shift, my.shift)
+    else:
+        cov = _dcov_v(cross, mx.row, my.row)
+        var_x = _dcov_v(sq_x, mx.row, mx.row)
+        var_y = _dcov_v(sq_y, my.row, my.row)
+    # the zero-variance rule is decided on the data: a constant input has every shifted distance power exactly 0
+    constant = (sq_x == 0) | (sq_y == 0)
+    root_x, root_y = safe_sqrt(jnp.abs(var_x)), safe_sqrt(jnp.abs(var_y))
+    defined = ~constant & (root_x > 0) & (root_y > 0)
+    return jnp.where(defined, cov / jnp.where(defined, root_x, 1.0) / jnp.where(defined, root_y, 1.0), 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("unbiased",))
@@ -196,22 +252,9 @@ def dcor_from_sums(
     or overflow). A constant embedding (all its sums exactly 0) gives 0, as dcor 0.7's zero-denominator rule does.
     Pure and jittable: in a model x model sweep the moments are computed once per model and only ``cross`` per pair.
     """
-    mx, my = moments_x, moments_y
-    if unbiased:
-        if mx.n < 4:
-            raise ValueError(f"the bias-corrected statistic needs n >= 4 samples, got n={mx.n}.")
-        cov = _dcov_u(cross, mx, my, mx.shift * my.shift)
-        var_x = _dcov_u(mx.sq, mx, mx, mx.shift * mx.shift)
-        var_y = _dcov_u(my.sq, my, my, my.shift * my.shift)
-    else:
-        cov = _dcov_v(cross, mx, my)
-        var_x = _dcov_v(mx.sq, mx, mx)
-        var_y = _dcov_v(my.sq, my, my)
-    # the zero-variance rule is decided on the data: a constant input has every shifted distance power exactly 0
-    constant = jnp.all(mx.sq == 0) | jnp.all(my.sq == 0)
-    root_x, root_y = safe_sqrt(jnp.abs(var_x)), safe_sqrt(jnp.abs(var_y))
-    defined = ~constant & (root_x > 0) & (root_y > 0)
-    return jnp.where(defined, cov / jnp.where(defined, root_x, 1.0) / jnp.where(defined, root_y, 1.0), 0.0)
+    return dcor_from_totals(
+        moments_x, moments_y, cross.sum(), moments_x.sq.sum(), moments_y.sq.sum(), unbiased=unbiased
+    )
 
 
 def _validated(x: Any, y: Any, exponent: float, min_rows: int) -> tuple[jax.Array, jax.Array, float]:

@@ -44,11 +44,10 @@ from jaxalign._checks import as_features, check_k, check_same_n, check_variance
 from jaxalign._exact import (
     ENTRY_CHUNK,
     ROW_CHUNK,
-    exact_rescale,
     exact_top_k,
     expanded_bound,
+    expanded_frame,
     for_each_true,
-    on_dyadic_lattice,
 )
 from jaxalign.neighbors import NeighborGraph, check_graph
 from jaxalign.tiling import map_row_tiles, pairwise_block, resolve_mesh
@@ -241,13 +240,10 @@ def _information_imbalance(
     dtype = jnp.result_type(x.dtype, y.dtype)
     # Δ is piecewise constant; ranks do not change under the exact scaling by powers of two. Both spaces in the common
     # dtype: the round-off bounds below are those of ``dtype``, so a float32 side must be computed in it too.
-    x, y = (jax.lax.stop_gradient(a).astype(dtype) for a in (x, y))
-    x, y = (a * exact_rescale(a) for a in (x, y))
-    exact, centred = [], []
-    for a in (x, y):
-        on_lattice = on_dyadic_lattice(a, terms=4 * a.shape[1])  # exact expanded distances: keep uncentred
-        exact.append(on_lattice)
-        centred.append(a - jnp.where(on_lattice, 0.0, a.mean(0)))
+    (x, exact_x, centred_x), (y, exact_y, centred_y) = (
+        expanded_frame(jax.lax.stop_gradient(a).astype(dtype)) for a in (x, y)
+    )
+    exact, centred = [exact_x, exact_y], [centred_x, centred_y]
     norms = [jnp.sqrt((c * c).sum(1)) for c in centred]
     fn = functools.partial(_rank_sums_tile, k=k, search=search)
     operands = (*centred, x, y, *norms, jnp.stack(exact), nbr_x, nbr_y)

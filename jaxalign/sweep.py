@@ -1,0 +1,609 @@
+"""Every model x model metric matrix of a study in a few passes over the data (seed 000's ~60 models x 50,000 rows).
+
+:func:`pairwise_matrices` takes M embeddings of the same N structures and returns name → (M, M) matrix for CKNNA,
+mutual kNN, CKA, unbiased CKA, distance correlation and information imbalance (row → column), each equal to the
+pairwise public function on the same inputs. It works per model and per pass over row tiles, never per pair:
+
+1. **Graphs** (one unit per model): the inner-product kNN graph (CKNNA, mutual kNN) and the Euclidean one
+   (information imbalance), from the exact engine :func:`jaxalign.knn`.
+2. **Features** (no N x N work): linear CKA and unbiased CKA from each model's unit-scale features — one
+   (d_a x N)·(N x Σ_b d_b) product per model gives every pair's XᵀY — and CKNNA / mutual kNN from the graphs
+   (O(N·k) per pair; CKNNA's float32 kernel entries are built once per model, as :func:`~jaxalign.metrics.cknna`
+   does).
+3. **Distance pass** (units of rows): for a tile of rows, every model's (tile, N) squared-distance block is computed
+   once (one GEMM) and serves both N² metrics:
+
+   - dCor: the shifted distance powers a'_ij = ‖x_i − x_j‖^p − c of every model are flattened and their Gram
+     matrix — one (M x tile·N)·(tile·N x M) product — adds Σ_ij a'_ij b'_ij to every pair at once; row sums and
+     Σ a'² come with it (:func:`jaxalign.metrics.dcor.dcor_from_totals` finishes);
+   - information imbalance: every model's Euclidean neighbours of the tile's rows are ranked in every model's block
+     at once, as threshold counts against that block (the exact counts of
+     :mod:`jaxalign.metrics.information_imbalance`: certain counts from the block, the round-off band decided in
+     double-float), for every k of ``ii_k`` from one set of counts.
+
+   Sums are accumulated exactly where they are integers (ranks, as double-floats of integers) and in double-float
+   across tiles for the Gram. Memory O(M·tile·N + M·N·k).
+
+Sharding: the tiles of a unit are split over the devices of a 1-D mesh (:func:`jaxalign.tiling.sum_row_tiles`,
+``shard_map``). Across hosts (``jax.distributed.initialize``, one process per host) the units are dealt round-robin
+to the processes and every finished unit is broadcast to all of them, so every process returns the full matrices.
+
+Resuming: with ``journal=`` (a directory, :class:`jaxalign.journal.Journal`) each finished unit is written
+atomically under a name carrying the content key of its inputs; a rerun after any interruption (SIGKILL included)
+reads them and computes only the missing units, and sums them in the same order, so the matrices are identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxalign import _double_float as df
+from jaxalign._checks import as_features, check_k, check_variance
+from jaxalign._exact import expanded_bound, expanded_frame
+from jaxalign.journal import Journal, content_key
+from jaxalign.metrics.cknna import _cknna_core, _feature_side, _graph_entries, cknna
+from jaxalign.metrics.dcor import (
+    DistanceFrame,
+    DistanceMoments,
+    _check_exponent,
+    _safe_power,
+    dcor_from_totals,
+    distance_frame,
+)
+from jaxalign.metrics.information_imbalance import COUNT_UP_TO_K, _exact_ranks
+from jaxalign.metrics.kernel import _linear_unbiased_hsic, normalized_ratio, unit_scale
+from jaxalign.metrics.knn_overlap import _mutual_core
+from jaxalign.neighbors import NeighborGraph, knn
+from jaxalign.tiling import pairwise_block, resolve_mesh, safe_sqrt, sum_row_tiles
+
+__all__ = ["METRICS", "pairwise_matrices"]
+
+METRICS = ("cknna", "mutual_knn", "cka", "unbiased_cka", "dcor", "information_imbalance")
+#: Elements of the per-tile working set of the distance pass (all M blocks): 2**26 float32 values = 256 MiB.
+PASS_BUDGET = 1 << 26
+
+Progress = Callable[[str, int, int], None]
+
+
+# ---- inputs --------------------------------------------------------------------------------------------------------
+
+
+def _models(features: Sequence[Any] | Mapping[str, Any]) -> tuple[list[str], list[jax.Array]]:
+    """Names and checked (N, d_m) arrays in one common float dtype."""
+    if isinstance(features, Mapping):
+        names = [str(name) for name in features]
+        values = list(features.values())
+    elif isinstance(features, Sequence) and not isinstance(features, (str, bytes)):
+        names = [str(i) for i in range(len(features))]
+        values = list(features)
+    else:
+        raise ValueError(
+            f"`features` must be a sequence or a mapping of (N, d_m) arrays, got {type(features).__name__}."
+        )
+    if len(values) < 1:
+        raise ValueError("`features` is empty; pass at least one (N, d) embedding.")
+    arrays = []
+    for name, value in zip(names, values, strict=True):
+        x = as_features(value, f"features[{name!r}]", min_rows=4)
+        check_variance(x, f"features[{name!r}]")
+        arrays.append(x)
+    n = arrays[0].shape[0]
+    for name, x in zip(names, arrays, strict=True):
+        if x.shape[0] != n:
+            raise ValueError(
+                f"`features[{name!r}]` has {x.shape[0]} rows but `features[{names[0]!r}]` has {n}; every embedding "
+                "must describe the same N structures in the same order."
+            )
+    dtype = jnp.result_type(*[x.dtype for x in arrays])
+    return names, [x.astype(dtype) for x in arrays]
+
+
+def _shape(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+
+
+def jaxalign_version() -> str:
+    import jaxalign
+
+    return jaxalign.__version__
+
+
+def _digest(x: jax.Array) -> str:
+    """sha256 of an array's dtype, shape and bytes (the journal's notion of "the same model")."""
+    a = np.ascontiguousarray(np.asarray(x))
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:20]
+
+
+def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    metrics = tuple(metrics)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"`metrics` must be a non-empty subset of {METRICS}, got {metrics!r}.")
+    return metrics
+
+
+def _as_tuple(value: Any) -> tuple:
+    if isinstance(value, (int, np.integer)) or not isinstance(value, Sequence):
+        return (value,)
+    return tuple(value)
+
+
+def _check_ks(value: int | Sequence[int], n: int, name: str, low: int) -> tuple[int, ...]:
+    values = _as_tuple(value)
+    if not values:
+        raise ValueError(f"`{name}` is empty; pass at least one k.")
+    return tuple(sorted({check_k(k, n, name, low=low) for k in values}))
+
+
+# ---- units: compute, journal, share across processes ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Units:
+    """Runs named units once: from the journal if finished, else computed by the process they are dealt to and
+    broadcast to the others (multi-host). ``computed`` counts the units this process computed."""
+
+    journal: Journal | None
+    progress: Progress | None
+    computed: list = dataclasses.field(default_factory=list)
+
+    def run(
+        self,
+        label: str,
+        names: list[str],
+        compute: Callable[[int], dict[str, np.ndarray]],
+        shapes: Callable[[int], dict[str, jax.ShapeDtypeStruct]],
+    ) -> list[dict]:
+        """The units' arrays in order; ``shapes(i)`` gives unit i's output shapes (for the broadcast)."""
+        procs, me = jax.process_count(), jax.process_index()
+        results: list[dict | None] = [None] * len(names)
+        for i, name in enumerate(names):
+            if self.journal is not None:
+                results[i] = self.journal.get(name)
+            if results[i] is None and i % procs == me:
+                results[i] = {key: np.asarray(value) for key, value in compute(i).items()}
+                self.computed.append(name)
+                if self.journal is not None:
+                    self.journal.put(name, results[i])
+            if self.progress is not None and results[i] is not None:
+                self.progress(label, i + 1, len(names))
+        if procs > 1:
+            results = _share(results, shapes)
+        return results
+
+
+def _share(results: list[dict | None], shapes: Callable[[int], dict[str, jax.ShapeDtypeStruct]]) -> list[dict]:
+    """Every unit from the process it was dealt to (i mod process_count), broadcast to all, in unit order. A unit
+    found in a shared journal by its owner is broadcast the same way."""
+    from jax.experimental import multihost_utils
+
+    procs, me = jax.process_count(), jax.process_index()
+    shared = []
+    for i, mine in enumerate(results):
+        owner = i % procs
+        if owner != me or mine is None:
+            mine = {key: np.zeros(s.shape, s.dtype) for key, s in shapes(i).items()}
+        got = multihost_utils.broadcast_one_to_all(mine, is_source=owner == me)
+        shared.append({key: np.asarray(value) for key, value in got.items()})
+    return shared
+
+
+# ---- per-model preparation -----------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["frame", "data", "norm", "exact"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class _Space:
+    """One model's operands of the distance pass: dCor's :class:`~jaxalign.metrics.dcor.DistanceFrame` (whose rows
+    also give the information-imbalance blocks), the rescaled uncentred rows (double-float band decisions), the row
+    norms of the frame (round-off bounds) and the lattice flag — as :mod:`jaxalign.metrics.dcor` and
+    :mod:`jaxalign.metrics.information_imbalance` prepare them."""
+
+    frame: DistanceFrame
+    data: jax.Array
+    norm: jax.Array
+    exact: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("exponent",))
+def _prepare(x: jax.Array, *, exponent: float) -> _Space:
+    data, exact, _ = expanded_frame(x)
+    frame = distance_frame(x, exponent)
+    return _Space(frame, data, jnp.sqrt((frame.rows * frame.rows).sum(1)), exact)
+
+
+# ---- the distance pass ---------------------------------------------------------------------------------------------
+
+
+def _dd_combine(total: dict, part: dict) -> dict:
+    """Exact double-float accumulation of the (hi, lo) leaves; plain sums for the row sums."""
+    out = dict(total)
+    for key in part:
+        if key == "row":
+            out[key] = total[key] + part[key]
+        else:
+            out[key] = df.add(total[key], part[key])
+    return out
+
+
+def _integer_total(counts: jax.Array, axis: int, dtype: Any) -> df.DD:
+    """Σ of non-negative int32 counts along ``axis`` as an exact double-float (parts above and below 2^12)."""
+    high = (counts >> 12) << 12
+    return df.sum((high.astype(dtype), (counts - high).astype(dtype)), axis=axis)
+
+
+def _pass_tile(
+    rows: jax.Array,
+    valid: jax.Array,
+    spaces: tuple[_Space, ...],
+    neighbours: jax.Array,
+    start: jax.Array,
+    *,
+    length: int,
+    exponent: float,
+    ii_k: tuple[int, ...],
+    dcor: bool,
+    search: bool,
+) -> dict:
+    """One tile's contribution: dCor Gram (M, M) and row sums (M, length) of the unit's rows, II rank totals
+    (M_source, M_target, len(ii_k)); all as double-floats except the row sums."""
+    t = rows.shape[0]
+    m = len(spaces)
+    diag = jnp.arange(rows.shape[0])
+    frames = [s.frame for s in spaces]
+    blocks = [pairwise_block(f.rows[rows], f.rows, "sqeuclidean").at[diag, rows].set(0.0) for f in frames]
+    out = {}
+    if dcor:  # as distance_power_block, from the block shared with the ranks
+        weight = valid.astype(blocks[0].dtype)[:, None]
+        powers = [
+            (_safe_power(b * (f.factor * f.factor), exponent / 2.0) - f.shift) * weight
+            for b, f in zip(blocks, frames, strict=True)
+        ]
+        flat = jnp.stack(powers).reshape(m, -1)
+        gram = jnp.matmul(flat, flat.T, precision=jax.lax.Precision.HIGHEST)
+        out["gram"] = df.lift(gram)
+        row = jnp.zeros((m, length), gram.dtype)
+        out["row"] = row.at[:, rows - start].add(jnp.stack([p.sum(1) for p in powers]) * valid[None, :])
+    if ii_k:
+        kmax = ii_k[-1]
+        targets = neighbours[:, rows, :kmax].transpose(1, 0, 2).reshape(t, m * kmax)  # every source's neighbours
+        totals_hi, totals_lo = [], []
+        for space, block in zip(spaces, blocks, strict=True):
+            dist = block.at[diag, rows].set(jnp.inf)
+            d = space.data.shape[1]
+            bound = jnp.where(space.exact, 0.0, expanded_bound(space.norm[rows], space.norm.max(), d, "sq"))
+            ranks = _exact_ranks(dist, bound, targets, rows, space.data, space.exact, search=search)
+            upto = jnp.cumsum(ranks.reshape(t, m, kmax), axis=2)[:, :, jnp.asarray(ii_k) - 1]  # (t, M_src, n_k)
+            hi, lo = _integer_total(jnp.where(valid[:, None, None], upto, 0), 0, block.dtype)
+            totals_hi.append(hi)
+            totals_lo.append(lo)
+        out["ranks"] = (jnp.stack(totals_hi, 1), jnp.stack(totals_lo, 1))  # (M_src, M_tgt, n_k)
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("length", "exponent", "ii_k", "dcor", "search", "tile", "mesh"))
+def _pass_unit(
+    rows: jax.Array,
+    spaces: tuple[_Space, ...],
+    neighbours: jax.Array,
+    start: jax.Array,
+    *,
+    length: int,
+    exponent: float,
+    ii_k: tuple[int, ...],
+    dcor: bool,
+    search: bool,
+    tile: int,
+    mesh: Mesh | None,
+) -> dict:
+    fn = functools.partial(_pass_tile, length=length, exponent=exponent, ii_k=ii_k, dcor=dcor, search=search)
+    return sum_row_tiles(fn, rows, spaces, neighbours, start, tile=tile, mesh=mesh, combine=_dd_combine)
+
+
+def _pass_tile_size(n: int, m: int, n_dev: int, tile: int | None) -> int:
+    if tile is not None:
+        return max(1, int(tile))
+    size = max(1, PASS_BUDGET // max(1, 3 * m * n))
+    return max(1, min(size - size % 8 if size > 8 else size, -(-n // n_dev)))
+
+
+# ---- pairs from features and graphs --------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("unbiased",))
+def _cka_row(x: jax.Array, others: tuple[jax.Array, ...], *, unbiased: bool) -> jax.Array:
+    """HSICs of model x (unit scale) against each of ``others`` (unit scale), as :func:`_cka_linear` forms them."""
+    if not unbiased:
+        return jnp.stack([jnp.sum((x.T @ y) ** 2) for y in others])
+    sq_x = (x * x).sum(1)
+    return jnp.stack([_linear_unbiased_hsic(x, y, sq_x, (y * y).sum(1)) for y in others])
+
+
+_unit_scale = jax.jit(unit_scale)
+_ratio = jax.jit(functools.partial(normalized_ratio, self_nonnegative=True))
+_cknna_pair = jax.jit(_cknna_core, static_argnames=("unbiased",))
+_feature_entries = jax.jit(_feature_side, static_argnames=("mesh",))
+_graph_entries_jit = jax.jit(_graph_entries)
+
+
+# ---- public --------------------------------------------------------------------------------------------------------
+
+
+def pairwise_matrices(
+    features: Sequence[Any] | Mapping[str, Any],
+    *,
+    metrics: Sequence[str] = METRICS,
+    k: int | Sequence[int] = 25,
+    mutual_k: int | None = None,
+    ii_k: int | Sequence[int] = (1,),
+    exponent: float = 1.0,
+    tile: int | None = None,
+    unit_rows: int | None = None,
+    mesh: Mesh | str | None = "auto",
+    journal: str | Journal | None = None,
+    progress: Progress | None = None,
+) -> dict[str, np.ndarray]:
+    """name → (M, M) matrix of every pair of ``features``, in passes over row tiles (module docstring).
+
+    Entry [i, j] is metric(model i, model j); information imbalance is Δ(i → j) (row = source). Every value equals
+    the public pairwise function on the same two arrays (float64: to round-off; float32: within its ~1e-4):
+    ``cknna(x_i, x_j, k=k)``, ``mutual_knn(x_i, x_j, k=mutual_k)``, ``cka``, ``unbiased_cka``,
+    ``dcor(x_i, x_j, exponent=exponent)`` and ``information_imbalance(x_i, x_j, k=k')[0]``.
+
+    Args:
+      features: a sequence or a mapping (name → array) of M (N, d_m) embeddings of the same N structures (widths
+        may differ); numpy, jax or torch; all are computed in their common float dtype.
+      metrics: a subset of :data:`METRICS`.
+      k: CKNNA's neighbours, one k or several (a k sweep: ``"cknna@k"`` for each, ``"cknna"`` the first given).
+      mutual_k: mutual kNN's k (default: the first CKNNA k).
+      ii_k: information imbalance's k, one or several (``"information_imbalance@k"`` for each; the plain key is
+        the first). All are read from one set of rank counts.
+      exponent: dCor's distance exponent p ∈ (0, 2).
+      tile: rows per tile of the distance pass (default: all M blocks within ~256 MiB per device).
+      unit_rows: rows per journal unit of the distance pass (default: about N/8, whole tiles per device).
+      mesh: a 1-D device mesh splitting each unit's tiles, ``"auto"`` (all local devices) or None.
+      journal: a directory (or :class:`~jaxalign.journal.Journal`) of finished units, to resume an interrupted
+        sweep; None keeps nothing.
+      progress: called as ``progress(pass_name, units_done, units_total)`` after each unit.
+
+    Raises:
+      ValueError: naming the argument, for bad features (as the pairwise functions: complex, NaN/inf, constant,
+        different N), an unknown metric, k or exponent out of range.
+
+    Returns:
+      name → (M, M) float64 numpy matrix, plus ``"models"`` → the (M,) names.
+    """
+    metrics = _check_metrics(metrics)
+    names, arrays = _models(features)
+    n, m = arrays[0].shape[0], len(arrays)
+    ks = _check_ks(k, n, "k", low=2) if "cknna" in metrics else ()
+    main_k = _as_tuple(k)[0] if _as_tuple(k) else k
+    mutual_k = check_k(main_k if mutual_k is None else mutual_k, n, "mutual_k")
+    iik = _check_ks(ii_k, n, "ii_k", low=1) if "information_imbalance" in metrics else ()
+    exponent = _check_exponent(exponent)
+    mesh = resolve_mesh(mesh)
+    if journal is not None and not isinstance(journal, Journal):
+        journal = Journal(journal)
+    units = _Units(journal, progress)
+    digests = [_digest(x) for x in arrays]
+    base = {"version": jaxalign_version(), "n": n, "dtype": str(arrays[0].dtype)}
+    out: dict[str, np.ndarray] = {"models": np.asarray(names)}
+
+    # 1. graphs, one unit per model
+    ip_k = max([*ks, mutual_k] if ("cknna" in metrics or "mutual_knn" in metrics) else [0])
+    eu_k = iik[-1] if iik else 0
+
+    def graph_unit(i: int) -> dict[str, np.ndarray]:
+        arrays_out = {}
+        if ip_k:
+            g = knn(arrays[i], ip_k, metric="ip", mesh=mesh)
+            arrays_out.update(ip_i=g.indices, ip_v=g.values)
+        if eu_k:
+            g = knn(arrays[i], eu_k, metric="euclidean", mesh=mesh)
+            arrays_out.update(eu_i=g.indices)
+        return arrays_out
+
+    def graph_shapes(i: int) -> dict[str, jax.ShapeDtypeStruct]:
+        shapes = {}
+        if ip_k:
+            shapes.update(ip_i=_shape((n, ip_k), jnp.int32), ip_v=_shape((n, ip_k), arrays[i].dtype))
+        if eu_k:
+            shapes.update(eu_i=_shape((n, eu_k), jnp.int32))
+        return shapes
+
+    graphs = []
+    if ip_k or eu_k:
+        key = content_key("graphs", {**base, "ip": ip_k, "eu": eu_k})
+        graphs = units.run("graphs", [f"graph-{d}-{key}" for d in digests], graph_unit, graph_shapes)
+
+    # 2. pairs from features and graphs
+    if "cka" in metrics or "unbiased_cka" in metrics:
+        unit = [_unit_scale(x) for x in arrays]
+        for name, unbiased in (("cka", False), ("unbiased_cka", True)):
+            if name not in metrics:
+                continue
+            hsic = np.full((m, m), np.nan, dtype=np.float64)
+            for a in range(m):
+                hsic[a, a:] = np.asarray(_cka_row(unit[a][0], tuple(z for z, _ in unit[a:]), unbiased=unbiased))
+            mat = np.full((m, m), np.nan)
+            for a in range(m):
+                for b in range(a, m):
+                    scales = (unit[a][1], unit[a][1], unit[b][1], unit[b][1])
+                    hab, haa, hbb = (jnp.asarray(h, arrays[0].dtype) for h in (hsic[a, b], hsic[a, a], hsic[b, b]))
+                    mat[a, b] = mat[b, a] = float(_ratio(hab, haa, hbb, *scales))
+            out[name] = mat
+    if "mutual_knn" in metrics:
+        mat = np.full((m, m), np.nan)
+        g = [NeighborGraph(r["ip_i"][:, :mutual_k], r["ip_v"][:, :mutual_k], "ip", True) for r in graphs]
+        for a in range(m):
+            for b in range(a, m):
+                mat[a, b] = mat[b, a] = float(_mutual_core(g[a], g[b]))
+        out["mutual_knn"] = mat
+    for kk in ks:
+        out[f"cknna@{kk}"] = _cknna_matrix(arrays, graphs, kk, mesh)
+    if ks:
+        out["cknna"] = out[f"cknna@{check_k(main_k, n, 'k', low=2)}"]
+
+    # 3. the distance pass
+    dcor = "dcor" in metrics
+    if dcor or iik:
+        out.update(_distance_pass(arrays, graphs, digests, base, units, dcor, iik, exponent, tile, unit_rows, mesh))
+    if iik:
+        out["information_imbalance"] = out[f"information_imbalance@{check_k(_as_tuple(ii_k)[0], n, 'ii_k')}"]
+    return out
+
+
+def _cknna_matrix(arrays: list[jax.Array], graphs: list[dict], k: int, mesh: Mesh | None) -> np.ndarray:
+    """CKNNA at k for every pair: kernel entries once per model, the sparse HSICs per pair (as :func:`cknna`)."""
+    m, n = len(arrays), arrays[0].shape[0]
+    mat = np.full((m, m), np.nan)
+    if 2 * k > n - 1:  # dense masks or k = N − 1: the pairwise function's own expansions, per pair
+        g = [NeighborGraph(r["ip_i"][:, :k], r["ip_v"][:, :k], "ip", True) for r in graphs]
+        for a in range(m):
+            for b in range(a, m):
+                mat[a, b] = float(cknna(arrays[a], arrays[b], k=k, graph_x=g[a], graph_y=g[b], mesh=mesh))
+                mat[b, a] = float(cknna(arrays[b], arrays[a], k=k, graph_x=g[b], graph_y=g[a], mesh=mesh))
+        return mat
+    sides = []
+    for x, r in zip(arrays, graphs, strict=True):
+        idx = jnp.asarray(r["ip_i"][:, :k])
+        if x.dtype == jnp.float32:
+            entries, scale = _feature_entries(idx, x, mesh=mesh)
+            sides.append((idx, entries, (scale, scale)))
+        else:
+            entries, unit = _graph_entries_jit(jnp.asarray(r["ip_v"][:, :k]))
+            sides.append((idx, entries, (unit,)))
+    for a in range(m):
+        for b in range(m):
+            (ia, ea, ua), (ib, eb, ub) = sides[a], sides[b]
+            mat[a, b] = float(_cknna_pair(ia, ea, ib, eb, ua + ub, unbiased=True))
+    return mat
+
+
+def _distance_pass(
+    arrays: list[jax.Array],
+    graphs: list[dict],
+    digests: list[str],
+    base: dict,
+    units: _Units,
+    dcor: bool,
+    ii_k: tuple[int, ...],
+    exponent: float,
+    tile: int | None,
+    unit_rows: int | None,
+    mesh: Mesh | None,
+) -> dict[str, np.ndarray]:
+    """dCor and information imbalance for every pair from one pass of unit row ranges over all models' blocks."""
+    n, m = arrays[0].shape[0], len(arrays)
+    n_dev = 1 if mesh is None else mesh.devices.size
+    tile = _pass_tile_size(n, m, n_dev, tile)
+    step = tile * n_dev
+    if unit_rows is None:
+        unit_rows = max(step, -(-n // 8 // step) * step)
+    unit_rows = max(1, min(int(unit_rows), n))
+    starts = list(range(0, n, unit_rows))
+    spaces = tuple(_prepare(x, exponent=exponent) for x in arrays)
+    kmax = ii_k[-1] if ii_k else 0
+    neighbours = (
+        jnp.stack([jnp.asarray(r["eu_i"][:, :kmax]) for r in graphs]) if ii_k else jnp.zeros((m, n, 0), jnp.int32)
+    )
+    search = m * kmax > COUNT_UP_TO_K
+    key = content_key(
+        "distance-pass",
+        {**base, "models": digests, "dcor": dcor, "exponent": exponent, "ii_k": list(ii_k), "unit_rows": unit_rows},
+    )
+
+    def compute(i: int) -> dict[str, np.ndarray]:
+        start = starts[i]
+        stop = min(n, start + unit_rows)
+        rows = jnp.arange(start, stop, dtype=jnp.int32)
+        part = _pass_unit(
+            rows,
+            spaces,
+            neighbours,
+            jnp.int32(start),
+            length=stop - start,
+            exponent=exponent,
+            ii_k=ii_k,
+            dcor=dcor,
+            search=search,
+            tile=tile,
+            mesh=mesh,
+        )
+        flat = {}
+        for name, value in part.items():
+            if isinstance(value, tuple):
+                flat[f"{name}_hi"], flat[f"{name}_lo"] = value
+            else:
+                flat[name] = value
+        return flat
+
+    def shapes(i: int) -> dict[str, jax.ShapeDtypeStruct]:
+        dtype = arrays[0].dtype
+        out = {}
+        if dcor:
+            length = min(n, starts[i] + unit_rows) - starts[i]
+            out.update(gram_hi=_shape((m, m), dtype), gram_lo=_shape((m, m), dtype), row=_shape((m, length), dtype))
+        if ii_k:
+            out.update(ranks_hi=_shape((m, m, len(ii_k)), dtype), ranks_lo=_shape((m, m, len(ii_k)), dtype))
+        return out
+
+    names = [f"pass-{key}-{s:09d}" for s in starts]
+    parts = units.run("distance pass", names, compute, shapes)
+    out: dict[str, np.ndarray] = {}
+    if dcor:
+        gram = _dd_total([(p["gram_hi"], p["gram_lo"]) for p in parts])
+        rows = np.concatenate([p["row"] for p in parts], axis=1)
+        out["dcor"] = _dcor_matrix(spaces, rows, gram)
+    if ii_k:
+        hi, lo = _dd_total([(p["ranks_hi"], p["ranks_lo"]) for p in parts])
+        totals = jnp.asarray(hi)  # exact integers: hi + lo with lo = 0 below 2^48, rounded once
+        del lo
+        for j, kk in enumerate(ii_k):
+            mat = np.asarray(totals[:, :, j], np.float64)
+            out[f"information_imbalance@{kk}"] = np.asarray(
+                (jnp.asarray(mat, arrays[0].dtype) * (2.0 / (n * n * kk))), np.float64
+            )
+    return out
+
+
+def _dd_total(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Σ of double-float unit totals, in unit order."""
+    hi, lo = jnp.asarray(parts[0][0]), jnp.asarray(parts[0][1])
+    for p_hi, p_lo in parts[1:]:
+        hi, lo = df.add((hi, lo), (jnp.asarray(p_hi), jnp.asarray(p_lo)))
+    return np.asarray(hi), np.asarray(lo)
+
+
+@jax.jit
+def _dcor_pair(row_a: jax.Array, row_b: jax.Array, shifts: jax.Array, sums: jax.Array) -> jax.Array:
+    """dCor from the pass's row sums of both models, their shifts and the totals (cross, Σa'², Σb'²); the per-row
+    Σa'² of the moments is not read by :func:`dcor_from_totals`."""
+    moments_a, moments_b = DistanceMoments(row_a, row_a, shifts[0]), DistanceMoments(row_b, row_b, shifts[1])
+    return safe_sqrt(dcor_from_totals(moments_a, moments_b, sums[0], sums[1], sums[2]))
+
+
+def _dcor_matrix(spaces: tuple[_Space, ...], rows: np.ndarray, gram: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """dCor of every pair from the row sums (M, N) and the Gram totals (a double-float (M, M))."""
+    m = len(spaces)
+    total = jnp.asarray(gram[0]) + jnp.asarray(gram[1])
+    mat = np.full((m, m), np.nan)
+    for a in range(m):
+        for b in range(a, m):
+            shifts = jnp.stack([spaces[a].frame.shift, spaces[b].frame.shift])
+            sums = jnp.stack([total[a, b], total[a, a], total[b, b]])
+            mat[a, b] = mat[b, a] = float(_dcor_pair(jnp.asarray(rows[a]), jnp.asarray(rows[b]), shifts, sums))
+    return mat
