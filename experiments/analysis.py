@@ -1,10 +1,11 @@
 """Stages 3–6: model × model matrices, intrinsic dimension, feature reconstruction, energy errors, structure maps.
 
 Every stage is cached under a content key made of the compared models' extraction keys, the common structure ids,
-the preprocessing, the library versions and the stage's own section of ``analysis``; its items (model pairs,
-models) are checkpointed as they finish, so a killed run resumes after the last saved item and a rerun reads the
-finished result. Neighbour graphs are computed once per model (inner product at the largest k for CKNNA and mutual
-kNN, Euclidean for information imbalance and intrinsic dimension) and reused for every pair and every k.
+the preprocessing, the library versions and the stage's own section of ``analysis``; its items (models, model pairs
+of the reconstruction, units of the matrix sweep) are checkpointed as they finish, so a killed run resumes after the
+last saved item and a rerun reads the finished result. The alignment matrices come from one
+:func:`jaxalign.sweep.pairwise_matrices` call (per-model neighbour graphs, then passes over row tiles that serve
+every pair at once), journaled under ``<cache>/analysis/sweep``.
 
 Matrix conventions: entry [i, j] is metric(model i, model j); for the asymmetric measures the row is the source:
 information imbalance [i, j] = Δ(i → j), reconstruction errors [i, j] = error of reconstructing j from i.
@@ -183,10 +184,6 @@ def _plain(value: Any) -> Any:
     return arr.astype(float).tolist() if arr.dtype.kind == "f" else arr.tolist()
 
 
-def _pairs(m: int, *, symmetric: bool) -> list[tuple[int, int]]:
-    return [(i, j) for i in range(m) for j in range(m) if (i <= j if symmetric else i != j)]
-
-
 def _matrix(values: Mapping[str, Any], names: Sequence[str], field: str, *, symmetric: bool, prefix: str = "") -> Any:
     m = len(names)
     out = np.full((m, m), np.nan)
@@ -213,14 +210,12 @@ def cknna_ks(cfg: Mapping[str, Any], n: int) -> tuple[list[int], bool]:
     return ks, full
 
 
-def _graphs(ctx: Context, entry: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Per model: the inner-product graph at the largest k and the Euclidean graph (cached as .npz)."""
+def _graphs(ctx: Context, entry: dict[str, Any], *, ip: bool) -> dict[str, tuple[Any, Any]]:
+    """Per model: the Euclidean graph (intrinsic dimension) and, with ``ip``, the inner-product graph at k = N − 1
+    (the report's CKNNA(k = N − 1) check); cached as .npz."""
     from jaxalign import NeighborGraph, knn
 
     n = ctx.n
-    ks, full = cknna_ks(ctx.cfg, n)
-    k_ip = n - 1 if full else max([*ks, int((ctx.cfg.get("mutual_knn") or {}).get("k", 25))])
-    k_ip = min(k_ip, n - 1)
     ii_ks = [int(k) for k in (ctx.cfg.get("information_imbalance") or {}).get("k", [1])]
     id_cfg = ctx.cfg.get("intrinsic_dimension") or {}
     k_base = max([*ii_ks, int(id_cfg.get("mle_k", 20)), 2])
@@ -230,6 +225,7 @@ def _graphs(ctx: Context, entry: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         # distinct neighbours: widen the Euclidean graph by the largest multiplicity
         _, counts = np.unique(ctx.compact_features(model), axis=0, return_counts=True)
         k_eu = min(n - 1, (k_base + 1) * int(counts.max()) + int(id_cfg.get("duplicate_margin", 8)))
+        k_ip = n - 1 if ip else 0
         key = ctx.key("graphs", {"model": model, "k_ip": k_ip, "k_eu": k_eu})
         path = ctx.root / "graphs" / f"{model}-{key}.npz"
         if path.exists():
@@ -237,68 +233,93 @@ def _graphs(ctx: Context, entry: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
             entry["cached"] += 1
         else:
             x = ctx.compact_features(model)
-            gi = knn(x, k_ip, metric="ip")
             ge = knn(x, k_eu, metric="euclidean")
-            z = {"ip_i": gi.indices, "ip_v": gi.values, "eu_i": ge.indices, "eu_v": ge.values}
+            z = {"eu_i": ge.indices, "eu_v": ge.values}
+            if k_ip:
+                gi = knn(x, k_ip, metric="ip")
+                z.update(ip_i=gi.indices, ip_v=gi.values)
             write_npz(path, z)
             entry["computed"] += 1
             beat()
-        out[model] = (
-            NeighborGraph(z["ip_i"], z["ip_v"], "ip", True),
-            NeighborGraph(z["eu_i"], z["eu_v"], "euclidean", True),
-        )
+        ip_graph = NeighborGraph(z["ip_i"], z["ip_v"], "ip", True) if "ip_i" in z else None
+        out[model] = (ip_graph, NeighborGraph(z["eu_i"], z["eu_v"], "euclidean", True))
     return out
 
 
 # --------------------------------------------------------------------------------------------------- matrices
-def alignment_matrices(ctx: Context, entry: dict[str, Any]) -> dict[str, Any]:
-    """CKNNA (k and the k sweep, k = N − 1), mutual kNN, CKA, unbiased CKA, dCor and information imbalance for
-    every model pair. Returns name → (M, M) matrix, plus ``cknna_k`` (the sweep's ks) and ``ii_k``."""
-    import jax.numpy as jnp
+class _SweepProgress:
+    """One progress bar per pass of the sweep; counts computed and cached units, beats the watchdog and ticks the
+    failure-injection counter after each computed unit."""
 
-    from jaxalign.metrics import cka, cknna, information_imbalance, mutual_knn, unbiased_cka
-    from jaxalign.metrics.dcor import dcor_from_sums, distance_row_sums
+    def __init__(self, ctx: Context, entry: dict[str, Any]) -> None:
+        self.ctx, self.entry, self.bars = ctx, entry, {}
+
+    def __call__(self, label: str, done: int, total: int, cached: bool) -> None:
+        if label not in self.bars:
+            self.bars[label] = _progress(total, 0, f"matrices: {label}", self.ctx.progress)
+        self.bars[label].update(1)
+        self.entry["cached" if cached else "computed"] += 1
+        if not cached:
+            beat()
+            self.ctx.tick()
+        if done == total:
+            self.bars.pop(label).close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def alignment_matrices(ctx: Context, entry: dict[str, Any]) -> dict[str, Any]:
+    """CKNNA (k and the k sweep), mutual kNN, CKA, unbiased CKA, dCor and information imbalance for every model
+    pair, from one :func:`jaxalign.sweep.pairwise_matrices` call whose units are journaled under the cache (per-model
+    graphs keyed by the model's features, distance-pass units by the model set). CKNNA(k = N − 1) is computed
+    separately from the inner-product graphs alone (the masked sparse sums), for the report's check against unbiased
+    CKA. Returns name → (M, M) matrix, plus ``cknna_k`` (the sweep's ks) and ``ii_k``."""
+    from jaxalign.metrics import cknna
+    from jaxalign.sweep import pairwise_matrices
 
     cfg, n, names = ctx.cfg, ctx.n, ctx.models
     ks, full = cknna_ks(cfg, n)
     k_mutual = min(int((cfg.get("mutual_knn") or {}).get("k", 25)), n - 1)
     ii_ks = [k for k in (int(k) for k in (cfg.get("information_imbalance") or {}).get("k", [1])) if 1 <= k <= n - 1]
     exponent = float((cfg.get("dcor") or {}).get("exponent", 1.0))
-    graphs = _graphs(ctx, entry)
     params = {"ks": ks, "full": full, "mutual": k_mutual, "ii": ii_ks, "exponent": exponent}
-
-    def pair(a: str, b: str) -> dict[str, Any]:
-        (gia, gea), (gib, geb) = graphs[a], graphs[b]
-        xa, xb = ctx.compact_features(a), ctx.compact_features(b)
-        out: dict[str, Any] = {f"cknna@{k}": cknna(None, None, k=k, graph_x=gia, graph_y=gib) for k in ks}
-        if full:
-            out["cknna@full"] = cknna(None, None, k=n - 1, graph_x=gia, graph_y=gib)
-        out["mutual_knn"] = mutual_knn(None, None, k=k_mutual, graph_x=gia, graph_y=gib)
-        out["cka"] = cka(xa, xb)
-        out["unbiased_cka"] = unbiased_cka(xa, xb)
-        out["dcor"] = jnp.sqrt(jnp.clip(dcor_from_sums(*distance_row_sums(xa, xb, exponent=exponent)), 0.0))
-        for k in ii_ks:
-            out[f"ii@{k}"] = information_imbalance(xa, xb, k=k, graph_x=gea, graph_y=geb)
-        return out
-
-    items = [
-        (f"{names[i]}|{names[j]}", functools.partial(pair, names[i], names[j]))
-        for i, j in _pairs(len(names), symmetric=True)
-    ]
-    values = ctx.run_items("matrices", ctx.key("matrices", params), items, entry)
-    result: dict[str, Any] = {"cknna_k": ks, "ii_k": ii_ks, "full_k": full, "n": n}
-    fields = (
-        [f"cknna@{k}" for k in ks] + (["cknna@full"] if full else []) + ["mutual_knn", "cka", "unbiased_cka", "dcor"]
-    )
-    for f in fields:
-        result[f] = _matrix(values, names, f, symmetric=True)
+    final = ctx.root / f"matrices-{ctx.key('matrices', params)}.npz"
     m = len(names)
-    for k in ii_ks:
-        mat = np.full((m, m), np.nan)
-        for i, j in _pairs(m, symmetric=True):
-            d_ij, d_ji = values[f"{names[i]}|{names[j]}"][f"ii@{k}"]
-            mat[i, j], mat[j, i] = d_ij, d_ji
-        result[f"ii@{k}"] = mat
+    if final.exists():
+        stored = read_npz(final)
+        entry["cached"] += 1
+    else:
+        progress = _SweepProgress(ctx, entry)
+        try:
+            swept = pairwise_matrices(
+                {name: ctx.compact_features(name) for name in names},
+                metrics=("cknna", "mutual_knn", "cka", "unbiased_cka", "dcor", "information_imbalance")
+                if ks
+                else ("mutual_knn", "cka", "unbiased_cka", "dcor", "information_imbalance"),
+                k=ks or k_mutual,
+                mutual_k=k_mutual,
+                ii_k=ii_ks,
+                exponent=exponent,
+                journal=ctx.root / "sweep",
+                progress=progress,
+            )
+        finally:
+            progress.close()
+        stored = {f"cknna@{k}": swept[f"cknna@{k}"] for k in ks}
+        stored.update({name: swept[name] for name in ("mutual_knn", "cka", "unbiased_cka", "dcor")})
+        stored.update({f"ii@{k}": swept[f"information_imbalance@{k}"] for k in ii_ks})
+        if full:
+            graphs = _graphs(ctx, entry, ip=True)
+            mat = np.full((m, m), np.nan)
+            for i in range(m):
+                for j in range(m):
+                    gi, gj = graphs[names[i]][0], graphs[names[j]][0]
+                    mat[i, j] = float(cknna(None, None, k=n - 1, graph_x=gi, graph_y=gj))
+            stored["cknna@full"] = mat
+        write_npz(final, stored)
+    result: dict[str, Any] = {"cknna_k": ks, "ii_k": ii_ks, "full_k": full, "n": n, **stored}
     k_main = int((cfg.get("cknna") or {}).get("k", 25))
     result["cknna"] = result.get(f"cknna@{k_main}", result[f"cknna@{ks[-1]}"] if ks else result["cknna@full"])
     result["cknna_k_main"] = k_main if f"cknna@{k_main}" in result else (ks[-1] if ks else n - 1)
@@ -321,7 +342,7 @@ def intrinsic_dimensions(ctx: Context, entry: dict[str, Any]) -> dict[str, Any]:
 
     id_cfg = ctx.cfg.get("intrinsic_dimension") or {}
     k = min(int(id_cfg.get("mle_k", 20)), ctx.n - 2)
-    graphs = _graphs(ctx, {"computed": 0, "cached": 0})
+    graphs = _graphs(ctx, {"computed": 0, "cached": 0}, ip=False)
     distinct = jax.jit(distinct_neighbor_distances, static_argnames=("k",))
 
     def one(model: str) -> dict[str, Any]:

@@ -71,7 +71,7 @@ METRICS = ("cknna", "mutual_knn", "cka", "unbiased_cka", "dcor", "information_im
 #: Elements of the per-tile working set of the distance pass (all M blocks): 2**26 float32 values = 256 MiB.
 PASS_BUDGET = 1 << 26
 
-Progress = Callable[[str, int, int], None]
+Progress = Callable[[str, int, int, bool], None]
 
 
 # ---- inputs --------------------------------------------------------------------------------------------------------
@@ -173,13 +173,14 @@ class _Units:
         for i, name in enumerate(names):
             if self.journal is not None:
                 results[i] = self.journal.get(name)
+            cached = results[i] is not None
             if results[i] is None and i % procs == me:
                 results[i] = {key: np.asarray(value) for key, value in compute(i).items()}
                 self.computed.append(name)
                 if self.journal is not None:
                     self.journal.put(name, results[i])
             if self.progress is not None and results[i] is not None:
-                self.progress(label, i + 1, len(names))
+                self.progress(label, i + 1, len(names), cached)
         if procs > 1:
             results = _share(results, shapes)
         return results
@@ -377,7 +378,9 @@ def pairwise_matrices(
       mesh: a 1-D device mesh splitting each unit's tiles, ``"auto"`` (all local devices) or None.
       journal: a directory (or :class:`~jaxalign.journal.Journal`) of finished units, to resume an interrupted
         sweep; None keeps nothing.
-      progress: called as ``progress(pass_name, units_done, units_total)`` after each unit.
+      progress: called as ``progress(pass_name, units_done, units_total, cached)`` after each unit this process
+        holds (``cached``: read from the journal rather than computed); it may raise to stop the sweep, whose
+        finished units stay journaled.
 
     Raises:
       ValueError: naming the argument, for bad features (as the pairwise functions: complex, NaN/inf, constant,

@@ -143,7 +143,7 @@ WORKER = DATA + textwrap.dedent(
     kwargs = dict(k=(6, 3), mutual_k=4, ii_k=(1, 5), unit_rows=20, tile=8)
     progress = None
     if mode == "kill":  # SIGKILL after the second unit of the distance pass has been journaled
-        def progress(label, done, total):
+        def progress(label, done, total, cached):
             if label == "distance pass" and done == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
     if mode in ("kill", "resume"):
