@@ -7,7 +7,8 @@
   descriptors, PCovR, energy-error baseline, the evolutionary tree of models.
 - :mod:`jaxalign.cpu` — keep jax's LAPACK kernels from oversubscribing the cores XLA uses.
 - :mod:`jaxalign.sweep` — every model x model matrix of a study in passes over row tiles, resumable
-  (:mod:`jaxalign.journal`), sharded over devices and hosts.
+  (:mod:`jaxalign.journal`), sharded over devices and hosts; :mod:`jaxalign.statistics` — permutation nulls and
+  bootstrap intervals of those matrices.
 - :mod:`jaxalign.io` — embedding files written by the extractor processes; :mod:`jaxalign.plots` — figures.
 """
 
@@ -22,6 +23,7 @@ from jaxalign import (
     projection,
     reconstruction,
     ridge,
+    statistics,
     sweep,
     tree,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "reconstruction",
     "ridge",
     "row_mesh",
+    "statistics",
     "sweep",
     "tree",
 ]

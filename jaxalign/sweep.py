@@ -460,6 +460,9 @@ def pairwise_matrices(
     if ks:
         out["cknna"] = out[f"cknna@{check_k(main_k, n, 'k', low=2)}"]
 
+    if progress is not None and any(name in metrics for name in ("cknna", "mutual_knn", "cka", "unbiased_cka")):
+        progress("pairs", 1, 1, False)
+
     # 3. the distance pass
     dcor = "dcor" in metrics
     if dcor or iik:

@@ -1,0 +1,219 @@
+"""Study-scale sweeps: jaxalign.sweep.pairwise_matrices against the app's former loop over model pairs.
+
+Cases (issue 11), each printed as a markdown table:
+
+- ``pairs``: M models of the same N rows, widths 256 and 128 alternating, float32: the whole metric set (CKNNA k = 25,
+  mutual kNN k = 25, CKA, unbiased CKA, dCor, information imbalance k = 1) by the sweep vs the pair loop the app ran
+  before (one call of each pairwise function per pair, from cached per-model graphs). The neighbour graphs are built
+  once before either is timed ("graphs cached in both"); values are compared entry by entry.
+- ``scale``: one sweep at study scale (default M = 16, N = 50,000), graphs included: wall time, peak RSS, the time of
+  each stage, and the distance pass's GEMM work as a fraction of this box's measured ``jnp.dot`` rate.
+- ``devices``: the same sweep (smaller) under 1, 2 and 4 forced host devices (each in its own process).
+- ``project``: the full seed-000 study (60 models x 5 datasets x N = 50,000) projected from a measured model of the
+  stages: graphs and the distance blocks cost ∝ M·N²·d, the rank counts ∝ M²·N², fitted from two model counts.
+
+    python benchmarks/bench_sweep.py pairs [--m 10 --n 10000]
+    python benchmarks/bench_sweep.py scale [--m 16 --n 50000]
+    python benchmarks/bench_sweep.py devices [--m 8 --n 5000]
+    python benchmarks/bench_sweep.py project [--n 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from harness import measure
+
+import jaxalign.metrics as M
+from jaxalign import knn
+from jaxalign.metrics.dcor import dcor_from_sums, distance_row_sums
+from jaxalign.sweep import pairwise_matrices
+
+METRICS = ("cknna", "mutual_knn", "cka", "unbiased_cka", "dcor", "information_imbalance")
+K = 25
+
+
+def study(m: int, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """M related float32 embeddings of n rows: noisy nonlinear views of one 16-d latent, widths 256/128."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 16)).astype(np.float32)
+    out = {}
+    for i in range(m):
+        d = 256 if i % 2 == 0 else 128
+        w = rng.normal(size=(16, d)).astype(np.float32) / 4
+        x = np.tanh(z @ w) if i % 3 else np.sin(z @ w)
+        out[f"model{i:02d}"] = (x + 0.1 * rng.normal(size=(n, d)).astype(np.float32)).astype(np.float32)
+    return out
+
+
+def dot_rate(n: int = 10_000, tile: int = 512, d: int = 256) -> float:
+    """This box's float32 GEMM rate (flop/s) on the distance pass's shape: (tile x d)·(d x n)."""
+    a = jnp.ones((tile, d), jnp.float32)
+    b = jnp.ones((d, n), jnp.float32)
+    f = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
+    t = measure(lambda: f(a, b), repeat=5).seconds
+    return 2.0 * tile * d * n / t
+
+
+def pair_loop(feats: dict[str, np.ndarray], graphs: dict) -> dict[str, np.ndarray]:
+    """The app's matrices stage before the sweep: every pairwise function once per pair (i ≤ j)."""
+    names = list(feats)
+    m = len(names)
+    out = {name: np.full((m, m), np.nan) for name in METRICS}
+    for i in range(m):
+        for j in range(i, m):
+            (gia, gea), (gib, geb) = graphs[names[i]], graphs[names[j]]
+            xa, xb = feats[names[i]], feats[names[j]]
+            values = {
+                "cknna": (
+                    M.cknna(None, None, k=K, graph_x=gia, graph_y=gib),
+                    M.cknna(None, None, k=K, graph_x=gib, graph_y=gia),
+                ),
+                "mutual_knn": M.mutual_knn(None, None, k=K, graph_x=gia, graph_y=gib),
+                "cka": M.cka(xa, xb),
+                "unbiased_cka": M.unbiased_cka(xa, xb),
+                "dcor": jnp.sqrt(jnp.clip(dcor_from_sums(*distance_row_sums(xa, xb)), 0.0)),
+                "information_imbalance": M.information_imbalance(xa, xb, k=1, graph_x=gea, graph_y=geb),
+            }
+            for name, value in values.items():
+                if name in ("cknna", "information_imbalance"):
+                    out[name][i, j], out[name][j, i] = (float(v) for v in value)
+                else:
+                    out[name][i, j] = out[name][j, i] = float(value)
+    return out
+
+
+def case_pairs(m: int, n: int) -> list[str]:
+    feats = study(m, n)
+    graphs = {name: (knn(x, K, metric="ip"), knn(x, 1, metric="euclidean")) for name, x in feats.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        # the sweep's own graph units, journaled once: both timings below start from cached graphs
+        pairwise_matrices(feats, metrics=("mutual_knn", "information_imbalance"), k=K, journal=tmp, unit_rows=n)
+        graph_units = {p.name: p.read_bytes() for p in Path(tmp).glob("graph-*.npz")}
+
+        def sweep():
+            with tempfile.TemporaryDirectory() as run:
+                for name, data in graph_units.items():
+                    (Path(run) / name).write_bytes(data)
+                return pairwise_matrices(feats, metrics=METRICS, k=K, journal=run)
+
+        ours = measure(sweep, repeat=1)
+    loop = measure(lambda: pair_loop(feats, graphs), repeat=1)
+    rows = [
+        "| metric set | M | N | pair loop s (first) | sweep s (first) | speed-up | peak MiB loop / sweep | max |Δ| |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    worst = max(float(np.nanmax(np.abs(ours.value[k] - loop.value[k]))) for k in METRICS)
+    rows.append(
+        f"| all six | {m} | {n} | {loop.seconds:.1f} ({loop.first_s:.1f}) | {ours.seconds:.1f} ({ours.first_s:.1f}) "
+        f"| {loop.seconds / ours.seconds:.1f}× | {loop.peak_mib:.0f} / {ours.peak_mib:.0f} | {worst:.1e} |"
+    )
+    for k in METRICS:
+        rows.append(f"|   {k} | | | | | | | {float(np.nanmax(np.abs(ours.value[k] - loop.value[k]))):.1e} |")
+    return rows
+
+
+class _Stages:
+    """Wall time of each stage of one sweep, from its progress callback."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.last = self.start
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, label: str, done: int, total: int, cached: bool) -> None:
+        now = time.perf_counter()
+        self.seconds[label] = self.seconds.get(label, 0.0) + now - self.last
+        self.last = now
+
+
+def _gemm_flops(feats: dict[str, np.ndarray], n: int) -> float:
+    """Matrix-product work of the distance pass: each model's (N x d)·(d x N) block and the M x M Gram."""
+    m = len(feats)
+    return sum(2.0 * n * n * x.shape[1] for x in feats.values()) + 2.0 * m * m * n * n
+
+
+def sweep_timing(m: int, n: int) -> dict:
+    feats = study(m, n)
+    stages = _Stages()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = functools.partial(pairwise_matrices, feats, metrics=METRICS, k=K, journal=tmp, progress=stages)
+        got = measure(run, warmup=False)
+    stages.seconds["pairs and assembly"] = got.seconds - sum(stages.seconds.values())
+    return {"m": m, "n": n, "seconds": got.seconds, "peak_mib": got.peak_mib, "stages": stages.seconds,
+            "gemm_flops": _gemm_flops(feats, n)}  # fmt: skip
+
+
+def case_scale(m: int, n: int) -> list[str]:
+    rate = dot_rate()
+    t = sweep_timing(m, n)
+    pass_s = t["stages"].get("distance pass", float("nan"))
+    fraction = t["gemm_flops"] / pass_s / rate
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in t["stages"].items())
+    return [
+        "| M | N | wall s | peak RSS MiB | stages | jnp.dot GFLOP/s | distance pass GEMM rate / jnp.dot |",
+        "|---|---|---|---|---|---|---|",
+        f"| {m} | {n} | {t['seconds']:.0f} | {t['peak_mib']:.0f} | {stages} | {rate / 1e9:.1f} | {fraction:.0%} |",
+    ]
+
+
+def case_devices(m: int, n: int) -> list[str]:
+    rows = ["| devices | M | N | wall s | distance pass s |", "|---|---|---|---|---|"]
+    for count in (1, 2, 4):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+        code = f"import json, bench_sweep as b; print(json.dumps(b.sweep_timing({m}, {n})))"
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parent, capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+        t = json.loads(out.strip().splitlines()[-1])
+        rows.append(f"| {count} | {m} | {n} | {t['seconds']:.1f} | {t['stages'].get('distance pass', 0):.1f} |")
+    return rows
+
+
+def case_project(n: int) -> list[str]:
+    """Fit per-stage costs at two model counts, scale to 60 models x 5 datasets x N = 50,000."""
+    small, large = sweep_timing(4, n), sweep_timing(8, n)
+    scale_n = (50_000 / n) ** 2
+    total = 0.0
+    rows = ["| stage | M=4 s | M=8 s | model | 60 models, N = 50,000, one dataset |", "|---|---|---|---|---|"]
+    for stage in large["stages"]:
+        a, b = small["stages"].get(stage, 0.0), large["stages"][stage]
+        quad = max(0.0, (b - 2 * a) / (64 - 2 * 16))  # b = lin·8 + quad·64, a = lin·4 + quad·16
+        lin = max(0.0, (a - 16 * quad) / 4)
+        projected = (lin * 60 + quad * 3600) * (scale_n if stage != "pairs and assembly" else 50_000 / n)
+        total += projected
+        rows.append(f"| {stage} | {a:.1f} | {b:.1f} | {lin:.2f}·M + {quad:.3f}·M² | {projected / 60:.0f} min |")
+    rows.append(f"| **5 datasets, this CPU** | | | | **{5 * total / 3600:.1f} h** |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("case", choices=("pairs", "scale", "devices", "project"))
+    parser.add_argument("--m", type=int)
+    parser.add_argument("--n", type=int)
+    args = parser.parse_args()
+    if args.case == "pairs":
+        rows = case_pairs(args.m or 10, args.n or 10_000)
+    elif args.case == "scale":
+        rows = case_scale(args.m or 16, args.n or 50_000)
+    elif args.case == "devices":
+        rows = case_devices(args.m or 8, args.n or 5000)
+    else:
+        rows = case_project(args.n or 10_000)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
