@@ -273,8 +273,9 @@ def _pass_tile(
             (_safe_power(b * (f.factor * f.factor), exponent / 2.0) - f.shift) * weight
             for b, f in zip(blocks, frames, strict=True)
         ]
-        flat = jnp.stack(powers).reshape(m, -1)
-        gram = jnp.matmul(flat, flat.T, precision=jax.lax.Precision.HIGHEST)
+        # (tile·N, M) with the models last: XLA:CPU runs this AᵀA ~4x faster than the (M, tile·N) A Aᵀ
+        flat = jnp.stack(powers, axis=-1).reshape(-1, m)
+        gram = jnp.matmul(flat.T, flat, precision=jax.lax.Precision.HIGHEST)
         out["gram"] = df.lift(gram)
         row = jnp.zeros((m, length), gram.dtype)
         out["row"] = row.at[:, rows - start].add(jnp.stack([p.sum(1) for p in powers]) * valid[None, :])
