@@ -298,15 +298,28 @@ def resolve_graph(
     )
 
 
-def membership(graph_indices: jax.Array, rows: jax.Array, cols: jax.Array) -> tuple[jax.Array, jax.Array]:
+def sorted_rows(graph_indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(order, sorted indices) of each row of a graph: the search table of :func:`membership`, reusable when one
+    graph is queried many times."""
+    order = jnp.argsort(graph_indices, axis=1)
+    return order, jnp.take_along_axis(graph_indices, order, 1)
+
+
+def membership(
+    graph_indices: jax.Array,
+    rows: jax.Array,
+    cols: jax.Array,
+    *,
+    table: tuple[jax.Array, jax.Array] | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Is ``cols[m]`` among the neighbours of ``rows[m]``, and at which position of ``graph_indices[rows[m]]``?
 
-    Each row's neighbours are sorted once; every query is then a binary search of ceil(log2(k+1)) gather steps, so
-    time is O(M log k) and memory O(N·k + M). ``rows``/``cols`` may have any (matching) shape. Returns
-    (found, position), the position being meaningful only where found.
+    Each row's neighbours are sorted once (or taken from ``table`` = :func:`sorted_rows` of the graph); every query
+    is then a binary search of ceil(log2(k+1)) gather steps, so time is O(M log k) and memory O(N·k + M).
+    ``rows``/``cols`` may have any (matching) shape. Returns (found, position), the position being meaningful only
+    where found.
     """
-    order = jnp.argsort(graph_indices, axis=1)
-    sorted_idx = jnp.take_along_axis(graph_indices, order, 1)
+    order, sorted_idx = sorted_rows(graph_indices) if table is None else table
     k = graph_indices.shape[1]
     r, c = rows.reshape(-1), cols.reshape(-1)
     lo = jnp.zeros(r.shape, jnp.int32)

@@ -50,7 +50,7 @@ from jaxalign import _double_float as df
 from jaxalign._checks import as_features, check_k, check_variance
 from jaxalign._exact import expanded_bound, expanded_frame
 from jaxalign.journal import Journal, content_key
-from jaxalign.metrics.cknna import _cknna_core, _feature_side, _graph_entries, cknna
+from jaxalign.metrics.cknna import _cross_entries, _feature_side, _graph_entries, _hsic, _self_entries, cknna
 from jaxalign.metrics.dcor import (
     DistanceFrame,
     DistanceMoments,
@@ -62,7 +62,7 @@ from jaxalign.metrics.dcor import (
 from jaxalign.metrics.information_imbalance import COUNT_UP_TO_K, _exact_ranks
 from jaxalign.metrics.kernel import _linear_unbiased_hsic, normalized_ratio, unit_scale
 from jaxalign.metrics.knn_overlap import _mutual_core
-from jaxalign.neighbors import NeighborGraph, knn
+from jaxalign.neighbors import NeighborGraph, knn, sorted_rows
 from jaxalign.tiling import pairwise_block, resolve_mesh, safe_sqrt, sum_row_tiles
 
 __all__ = ["METRICS", "pairwise_matrices"]
@@ -263,9 +263,10 @@ def _pass_tile(
     (M_source, M_target, len(ii_k)); all as double-floats except the row sums."""
     t = rows.shape[0]
     m = len(spaces)
-    diag = jnp.arange(rows.shape[0])
+    n = spaces[0].data.shape[0]
+    diag = rows[:, None] == jnp.arange(n, dtype=rows.dtype)[None, :]  # a mask XLA fuses into each consumer
     frames = [s.frame for s in spaces]
-    blocks = [pairwise_block(f.rows[rows], f.rows, "sqeuclidean").at[diag, rows].set(0.0) for f in frames]
+    blocks = [jnp.where(diag, 0.0, pairwise_block(f.rows[rows], f.rows, "sqeuclidean")) for f in frames]
     out = {}
     if dcor:  # as distance_power_block, from the block shared with the ranks
         weight = valid.astype(blocks[0].dtype)[:, None]
@@ -284,7 +285,7 @@ def _pass_tile(
         targets = neighbours[:, rows, :kmax].transpose(1, 0, 2).reshape(t, m * kmax)  # every source's neighbours
         totals_hi, totals_lo = [], []
         for space, block in zip(spaces, blocks, strict=True):
-            dist = block.at[diag, rows].set(jnp.inf)
+            dist = jnp.where(diag, jnp.inf, block)
             d = space.data.shape[1]
             bound = jnp.where(space.exact, 0.0, expanded_bound(space.norm[rows], space.norm.max(), d, "sq"))
             ranks = _exact_ranks(dist, bound, targets, rows, space.data, space.exact, search=search)
@@ -334,9 +335,19 @@ def _cka_row(x: jax.Array, others: tuple[jax.Array, ...], *, unbiased: bool) -> 
     return jnp.stack([_linear_unbiased_hsic(x, y, sq_x, (y * y).sum(1)) for y in others])
 
 
+@functools.partial(jax.jit, static_argnames=("dtype", "batch"))
+def _mutual_row(ix: jax.Array, iys: jax.Array, *, dtype: Any, batch: int) -> jax.Array:
+    """Mutual kNN of one model's graph against a stack of graphs (as :func:`~jaxalign.metrics.mutual_knn`)."""
+    values = jnp.zeros(ix.shape, dtype)
+
+    def one(iy: jax.Array) -> jax.Array:
+        return _mutual_core(NeighborGraph(ix, values, "ip", True), NeighborGraph(iy, values, "ip", True))
+
+    return jax.lax.map(one, iys, batch_size=batch)
+
+
 _unit_scale = jax.jit(unit_scale)
 _ratio = jax.jit(functools.partial(normalized_ratio, self_nonnegative=True))
-_cknna_pair = jax.jit(_cknna_core, static_argnames=("unbiased",))
 _feature_entries = jax.jit(_feature_side, static_argnames=("mesh",))
 _graph_entries_jit = jax.jit(_graph_entries)
 
@@ -450,12 +461,12 @@ def pairwise_matrices(
                     mat[a, b] = mat[b, a] = float(_ratio(hab, haa, hbb, *scales))
             out[name] = mat
     if "mutual_knn" in metrics:
-        mat = np.full((m, m), np.nan)
-        g = [NeighborGraph(r["ip_i"][:, :mutual_k], r["ip_v"][:, :mutual_k], "ip", True) for r in graphs]
-        for a in range(m):
-            for b in range(a, m):
-                mat[a, b] = mat[b, a] = float(_mutual_core(g[a], g[b]))
-        out["mutual_knn"] = mat
+        stacked = jnp.stack([jnp.asarray(r["ip_i"][:, :mutual_k]) for r in graphs])
+        dtype = jnp.result_type(*[r["ip_v"].dtype for r in graphs])
+        batch = max(1, min(m, (1 << 22) // max(1, n * mutual_k)))
+        out["mutual_knn"] = np.stack(
+            [np.asarray(_mutual_row(stacked[a], stacked, dtype=dtype, batch=batch), np.float64) for a in range(m)]
+        )
     for kk in ks:
         out[f"cknna@{kk}"] = _cknna_matrix(arrays, graphs, kk, mesh)
     if ks:
@@ -473,8 +484,43 @@ def pairwise_matrices(
     return out
 
 
+@functools.partial(jax.jit, static_argnames=("exact",))
+def _cknna_self(ix: jax.Array, a: df.DD, *, exact: bool) -> tuple[jax.Array, jax.Array]:
+    """sim(K, K) of one model (computed once, not per pair) and its graph's reverse-entry mask."""
+    cols, va, vb, reverse = _self_entries(ix, a, unbiased=True)
+    hi, lo = _hsic(cols, va, vb, reverse, unbiased=True, exact=exact)
+    return hi + lo, reverse
+
+
+@functools.partial(jax.jit, static_argnames=("exact", "batch"))
+def _cknna_cross(
+    ix: jax.Array,
+    a: df.DD,
+    reverse_x: jax.Array,
+    iys: jax.Array,
+    bs: df.DD,
+    tables: tuple[jax.Array, jax.Array],
+    *,
+    exact: bool,
+    batch: int,
+) -> jax.Array:
+    """sim(K, L) of one model against a stack of models (M, N, k) with their sorted rows, ``batch`` at a time."""
+
+    def one(args: tuple) -> jax.Array:
+        iy, b, table = args
+        entries = _cross_entries(ix, a, iy, b, unbiased=True, reverse_x=reverse_x, table_y=table)
+        hi, lo = _hsic(*entries, unbiased=True, exact=exact)
+        return hi + lo
+
+    return jax.lax.map(one, (iys, bs, tables), batch_size=batch)
+
+
+_sorted_rows = jax.jit(sorted_rows)
+
+
 def _cknna_matrix(arrays: list[jax.Array], graphs: list[dict], k: int, mesh: Mesh | None) -> np.ndarray:
-    """CKNNA at k for every pair: kernel entries once per model, the sparse HSICs per pair (as :func:`cknna`)."""
+    """CKNNA at k for every ordered pair, as :func:`~jaxalign.metrics.cknna` computes it: kernel entries and
+    sim(K, K) once per model, the cross HSIC per pair (batched over the column models)."""
     m, n = len(arrays), arrays[0].shape[0]
     mat = np.full((m, m), np.nan)
     if 2 * k > n - 1:  # dense masks or k = N − 1: the pairwise function's own expansions, per pair
@@ -484,20 +530,36 @@ def _cknna_matrix(arrays: list[jax.Array], graphs: list[dict], k: int, mesh: Mes
                 mat[a, b] = float(cknna(arrays[a], arrays[b], k=k, graph_x=g[a], graph_y=g[b], mesh=mesh))
                 mat[b, a] = float(cknna(arrays[b], arrays[a], k=k, graph_x=g[b], graph_y=g[a], mesh=mesh))
         return mat
-    sides = []
+    exact = arrays[0].dtype == jnp.float32
+    indices, entries, units = [], [], []
     for x, r in zip(arrays, graphs, strict=True):
         idx = jnp.asarray(r["ip_i"][:, :k])
-        if x.dtype == jnp.float32:
-            entries, scale = _feature_entries(idx, x, mesh=mesh)
-            sides.append((idx, entries, (scale, scale)))
+        if exact:
+            values, scale = _feature_entries(idx, x, mesh=mesh)
+            units.append((scale, scale))
         else:
-            entries, unit = _graph_entries_jit(jnp.asarray(r["ip_v"][:, :k]))
-            sides.append((idx, entries, (unit,)))
+            values, unit = _graph_entries_jit(jnp.asarray(r["ip_v"][:, :k]))
+            units.append((unit,))
+        indices.append(idx)
+        entries.append(values)
+    selves = [_cknna_self(i, e, exact=exact) for i, e in zip(indices, entries, strict=True)]
+    stacked_i = jnp.stack(indices)
+    stacked_e = (jnp.stack([e[0] for e in entries]), jnp.stack([e[1] for e in entries]))
+    batch = max(1, min(m, (1 << 22) // max(1, n * k)))  # ~ 4M entries of every per-pair array at a time
+    tables = [_sorted_rows(i) for i in indices]
+    stacked_t = (jnp.stack([t[0] for t in tables]), jnp.stack([t[1] for t in tables]))
     for a in range(m):
+        cross = _cknna_cross(
+            indices[a], entries[a], selves[a][1], stacked_i, stacked_e, stacked_t, exact=exact, batch=batch
+        )
         for b in range(m):
-            (ia, ea, ua), (ib, eb, ub) = sides[a], sides[b]
-            mat[a, b] = float(_cknna_pair(ia, ea, ib, eb, ua + ub, unbiased=True))
+            mat[a, b] = float(_ratio_units(cross[b], selves[a][0], selves[b][0], units[a] + units[b]))
     return mat
+
+
+@jax.jit
+def _ratio_units(sim: jax.Array, self_a: jax.Array, self_b: jax.Array, units: tuple[jax.Array, ...]) -> jax.Array:
+    return normalized_ratio(sim, self_a, self_b, *units)
 
 
 def _distance_pass(

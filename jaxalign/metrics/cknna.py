@@ -59,7 +59,7 @@ from jax.sharding import Mesh
 from jaxalign import _double_float as df
 from jaxalign._checks import as_features, check_k, check_same_n, check_variance
 from jaxalign.metrics.kernel import _cka_linear, _linear_unbiased_hsic, hsic_from_sums, normalized_ratio
-from jaxalign.neighbors import NeighborGraph, check_graph, knn, membership
+from jaxalign.neighbors import NeighborGraph, check_graph, knn, membership, sorted_rows
 from jaxalign.tiling import TILE_BUDGET, default_tile, map_row_tiles, resolve_mesh
 
 __all__ = ["cknna"]
@@ -141,13 +141,26 @@ def _self_entries(idx: jax.Array, values: DD, *, unbiased: bool) -> tuple[jax.Ar
 
 
 def _cross_entries(
-    ix: jax.Array, a: DD, iy: jax.Array, b: DD, *, unbiased: bool
+    ix: jax.Array,
+    a: DD,
+    iy: jax.Array,
+    b: DD,
+    *,
+    unbiased: bool,
+    reverse_x: jax.Array | None = None,
+    table_y: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, DD, DD, jax.Array]:
     """(cols, a, b, reverse) of sim(K, L) = HSIC(M∘K, M∘L), M = M_K∘M_L: the entries of graph_x that graph_y holds
-    too (L_ij from its values)."""
+    too (L_ij from its values). When one graph meets many, its parts may be passed precomputed: ``reverse_x``
+    (graph_x's own reverse entries, as :func:`_self_entries` finds them) and ``table_y`` (:func:`~jaxalign.neighbors.
+    sorted_rows` of graph_y)."""
     rows = _rows_like(ix)
-    in_y, pos_y = membership(iy, rows, ix)
-    reverse = membership(ix, ix, rows)[0] & membership(iy, ix, rows)[0]
+    if table_y is None:
+        table_y = sorted_rows(iy)
+    in_y, pos_y = membership(iy, rows, ix, table=table_y)
+    if reverse_x is None:
+        reverse_x = membership(ix, ix, rows)[0]
+    reverse = reverse_x & membership(iy, ix, rows, table=table_y)[0]
     mask = in_y & (rows != ix) if unbiased else in_y
     b = (jnp.take_along_axis(b[0], pos_y, 1), jnp.take_along_axis(b[1], pos_y, 1))
     return ix, _dd_where(mask, a), _dd_where(mask, b), reverse
