@@ -8,9 +8,10 @@ Cases (issue 11), each printed as a markdown table:
   once before either is timed ("graphs cached in both"); values are compared entry by entry.
 - ``scale``: one sweep at study scale (default M = 16, N = 50,000), graphs included: wall time, peak RSS, the time of
   each stage, and the distance pass's GEMM work as a fraction of this box's measured ``jnp.dot`` rate.
-- ``devices``: the same sweep (smaller) under 1, 2 and 4 forced host devices (each in its own process).
-- ``project``: the full seed-000 study (60 models x 5 datasets x N = 50,000) projected from a measured model of the
-  stages: graphs and the distance blocks cost ∝ M·N²·d, the rank counts ∝ M²·N², fitted from two model counts.
+- ``devices``: the same sweep (smaller, cold: compilation included) under 1, 2 and 4 forced host devices (each in
+  its own process).
+- ``project``: the full seed-000 study (60 models x 5 datasets x N = 50,000) projected from warm per-stage times at
+  two model counts (lin·M + quad·M² per stage; all-pairs stages scaled ∝ N², the rest ∝ N).
 
     python benchmarks/bench_sweep.py pairs [--m 10 --n 10000]
     python benchmarks/bench_sweep.py scale [--m 16 --n 50000]
@@ -145,8 +146,13 @@ def _gemm_flops(feats: dict[str, np.ndarray], n: int) -> float:
     return sum(2.0 * n * n * x.shape[1] for x in feats.values()) + 2.0 * m * m * n * n
 
 
-def sweep_timing(m: int, n: int) -> dict:
+def sweep_timing(m: int, n: int, *, warm: bool = False) -> dict:
+    """One sweep's wall time, peak RSS and per-stage times; ``warm``: after one untimed run of the same shapes (the
+    compiled programs reused, nothing journaled reused)."""
     feats = study(m, n)
+    if warm:
+        with tempfile.TemporaryDirectory() as tmp:
+            pairwise_matrices(feats, metrics=METRICS, k=K, journal=tmp)
     stages = _Stages()
     with tempfile.TemporaryDirectory() as tmp:
         run = functools.partial(pairwise_matrices, feats, metrics=METRICS, k=K, journal=tmp, progress=stages)
@@ -181,17 +187,21 @@ def case_devices(m: int, n: int) -> list[str]:
     return rows
 
 
+#: How each stage grows with N: the graphs and the distance pass are all-pairs work, the rest reads N·k entries.
+N_POWER = {"graphs": 2, "distance pass": 2, "pairs": 1, "pairs and assembly": 1}
+
+
 def case_project(n: int) -> list[str]:
-    """Fit per-stage costs at two model counts, scale to 60 models x 5 datasets x N = 50,000."""
-    small, large = sweep_timing(4, n), sweep_timing(8, n)
-    scale_n = (50_000 / n) ** 2
+    """Fit each stage's warm time as lin·M + quad·M² from two model counts at N = n, scale to 60 models and
+    N = 50,000 (all-pairs stages ∝ N², the others ∝ N), and sum five datasets."""
+    small, large = sweep_timing(4, n, warm=True), sweep_timing(8, n, warm=True)
     total = 0.0
     rows = ["| stage | M=4 s | M=8 s | model | 60 models, N = 50,000, one dataset |", "|---|---|---|---|---|"]
     for stage in large["stages"]:
         a, b = small["stages"].get(stage, 0.0), large["stages"][stage]
         quad = max(0.0, (b - 2 * a) / (64 - 2 * 16))  # b = lin·8 + quad·64, a = lin·4 + quad·16
-        lin = max(0.0, (a - 16 * quad) / 4)
-        projected = (lin * 60 + quad * 3600) * (scale_n if stage != "pairs and assembly" else 50_000 / n)
+        lin = max(0.0, (b - 64 * quad) / 8)
+        projected = (lin * 60 + quad * 3600) * (50_000 / n) ** N_POWER.get(stage, 2)
         total += projected
         rows.append(f"| {stage} | {a:.1f} | {b:.1f} | {lin:.2f}·M + {quad:.3f}·M² | {projected / 60:.0f} min |")
     rows.append(f"| **5 datasets, this CPU** | | | | **{5 * total / 3600:.1f} h** |")

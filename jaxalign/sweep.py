@@ -48,7 +48,7 @@ from jax.sharding import Mesh
 
 from jaxalign import _double_float as df
 from jaxalign._checks import as_features, check_k, check_variance
-from jaxalign._exact import expanded_bound, expanded_frame
+from jaxalign._exact import exact_rescale, expanded_bound, expanded_frame
 from jaxalign.journal import Journal, content_key
 from jaxalign.metrics.cknna import _cross_entries, _feature_side, _graph_entries, _hsic, _self_entries, cknna
 from jaxalign.metrics.dcor import (
@@ -205,25 +205,33 @@ def _share(results: list[dict | None], shapes: Callable[[int], dict[str, jax.Sha
 # ---- per-model preparation -----------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["frame", "data", "norm", "exact"], meta_fields=[])
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["frame", "data", "scale", "norm", "exact"], meta_fields=[]
+)
 @dataclasses.dataclass(frozen=True)
 class _Space:
     """One model's operands of the distance pass: dCor's :class:`~jaxalign.metrics.dcor.DistanceFrame` (whose rows
-    also give the information-imbalance blocks), the rescaled uncentred rows (double-float band decisions), the row
-    norms of the frame (round-off bounds) and the lattice flag — as :mod:`jaxalign.metrics.dcor` and
-    :mod:`jaxalign.metrics.information_imbalance` prepare them."""
+    also give the information-imbalance blocks), the model's own rows and the power of two that rescales them (the
+    double-float band decisions, no second copy), the row norms of the frame (round-off bounds) and the lattice flag
+    — as :mod:`jaxalign.metrics.dcor` and :mod:`jaxalign.metrics.information_imbalance` prepare them."""
 
     frame: DistanceFrame
     data: jax.Array
+    scale: jax.Array
     norm: jax.Array
     exact: jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=("exponent",))
-def _prepare(x: jax.Array, *, exponent: float) -> _Space:
-    data, exact, _ = expanded_frame(x)
+def _frame_parts(x: jax.Array, *, exponent: float) -> tuple[DistanceFrame, jax.Array, jax.Array, jax.Array]:
+    _, exact, _ = expanded_frame(x)
     frame = distance_frame(x, exponent)
-    return _Space(frame, data, jnp.sqrt((frame.rows * frame.rows).sum(1)), exact)
+    return frame, exact_rescale(x), jnp.sqrt((frame.rows * frame.rows).sum(1)), exact
+
+
+def _prepare(x: jax.Array, *, exponent: float) -> _Space:
+    frame, scale, norm, exact = _frame_parts(x, exponent=exponent)
+    return _Space(frame, x, scale, norm, exact)
 
 
 # ---- the distance pass ---------------------------------------------------------------------------------------------
@@ -288,7 +296,7 @@ def _pass_tile(
             dist = jnp.where(diag, jnp.inf, block)
             d = space.data.shape[1]
             bound = jnp.where(space.exact, 0.0, expanded_bound(space.norm[rows], space.norm.max(), d, "sq"))
-            ranks = _exact_ranks(dist, bound, targets, rows, space.data, space.exact, search=search)
+            ranks = _exact_ranks(dist, bound, targets, rows, space.data, space.exact, search=search, scale=space.scale)
             upto = jnp.cumsum(ranks.reshape(t, m, kmax), axis=2)[:, :, jnp.asarray(ii_k) - 1]  # (t, M_src, n_k)
             hi, lo = _integer_total(jnp.where(valid[:, None, None], upto, 0), 0, block.dtype)
             totals_hi.append(hi)
@@ -460,6 +468,7 @@ def pairwise_matrices(
                     hab, haa, hbb = (jnp.asarray(h, arrays[0].dtype) for h in (hsic[a, b], hsic[a, a], hsic[b, b]))
                     mat[a, b] = mat[b, a] = float(_ratio(hab, haa, hbb, *scales))
             out[name] = mat
+        del unit  # one copy of every model's features less before the distance pass
     if "mutual_knn" in metrics:
         stacked = jnp.stack([jnp.asarray(r["ip_i"][:, :mutual_k]) for r in graphs])
         dtype = jnp.result_type(*[r["ip_v"].dtype for r in graphs])

@@ -114,9 +114,11 @@ def _exact_ranks(
     exact: jax.Array,
     *,
     search: bool,
+    scale: jax.Array | float = 1.0,
 ) -> jax.Array:
     """r_im = 1 + #{l : d(i, l) < d(i, j_m)} exactly, for a (tile, N) block of computed squared distances (+inf on
-    the diagonal) within ``bound`` (tile,) of the exact ones, and (tile, k) targets j.
+    the diagonal) within ``bound`` (tile,) of the exact ones, and (tile, k) targets j. The double-float decisions
+    use ``data`` times ``scale`` (a power of two, so the rows the block was computed from, exactly).
 
     Points certainly closer are counted from the block; the band within 2·bound of the target (the target itself
     included) is decided by double-float distances from the uncentred ``data``. A band of two is named by its index
@@ -132,7 +134,7 @@ def _exact_ranks(
 
     def row_key(r: jax.Array, cols: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Double-float ‖x_i − x_l‖² of tile rows r (B,) against points cols (B, c)."""
-        return df.accurate_sqdist(data[rows[r]][:, None, :], data[cols])
+        return df.accurate_sqdist(data[rows[r]][:, None, :] * scale, data[cols] * scale)
 
     def closer_than_target(r: jax.Array, m: jax.Array, others: jax.Array, valid: jax.Array) -> jax.Array:
         """#{valid others strictly closer to row r than its target m}, from one (B, 1 + c) double-float pass."""
