@@ -59,7 +59,7 @@ from jaxalign.metrics.dcor import (
     dcor_from_totals,
     distance_frame,
 )
-from jaxalign.metrics.information_imbalance import COUNT_UP_TO_K, _exact_ranks
+from jaxalign.metrics.information_imbalance import COUNT_UP_TO_K, _exact_ranks, exact_count_sum
 from jaxalign.metrics.kernel import _linear_unbiased_hsic, normalized_ratio, unit_scale
 from jaxalign.metrics.knn_overlap import _mutual_core
 from jaxalign.neighbors import NeighborGraph, knn, sorted_rows
@@ -248,12 +248,6 @@ def _dd_combine(total: dict, part: dict) -> dict:
     return out
 
 
-def _integer_total(counts: jax.Array, axis: int, dtype: Any) -> df.DD:
-    """Σ of non-negative int32 counts along ``axis`` as an exact double-float (parts above and below 2^12)."""
-    high = (counts >> 12) << 12
-    return df.sum((high.astype(dtype), (counts - high).astype(dtype)), axis=axis)
-
-
 def _pass_tile(
     rows: jax.Array,
     valid: jax.Array,
@@ -298,7 +292,7 @@ def _pass_tile(
             bound = jnp.where(space.exact, 0.0, expanded_bound(space.norm[rows], space.norm.max(), d, "sq"))
             ranks = _exact_ranks(dist, bound, targets, rows, space.data, space.exact, search=search, scale=space.scale)
             upto = jnp.cumsum(ranks.reshape(t, m, kmax), axis=2)[:, :, jnp.asarray(ii_k) - 1]  # (t, M_src, n_k)
-            hi, lo = _integer_total(jnp.where(valid[:, None, None], upto, 0), 0, block.dtype)
+            hi, lo = exact_count_sum(jnp.where(valid[:, None, None], upto, 0), 0, block.dtype)
             totals_hi.append(hi)
             totals_lo.append(lo)
         out["ranks"] = (jnp.stack(totals_hi, 1), jnp.stack(totals_lo, 1))  # (M_src, M_tgt, n_k)
@@ -647,14 +641,11 @@ def _distance_pass(
         rows = np.concatenate([p["row"] for p in parts], axis=1)
         out["dcor"] = _dcor_matrix(spaces, rows, gram)
     if ii_k:
-        hi, lo = _dd_total([(p["ranks_hi"], p["ranks_lo"]) for p in parts])
-        totals = jnp.asarray(hi)  # exact integers: hi + lo with lo = 0 below 2^48, rounded once
-        del lo
+        # the exact rank totals (a normalised double-float of integers below 2^48) rounded once to the working
+        # float: its high part, as information_imbalance rounds its own exact total
+        totals = jnp.asarray(_dd_total([(p["ranks_hi"], p["ranks_lo"]) for p in parts])[0])
         for j, kk in enumerate(ii_k):
-            mat = np.asarray(totals[:, :, j], np.float64)
-            out[f"information_imbalance@{kk}"] = np.asarray(
-                (jnp.asarray(mat, arrays[0].dtype) * (2.0 / (n * n * kk))), np.float64
-            )
+            out[f"information_imbalance@{kk}"] = np.asarray(totals[:, :, j] * (2.0 / (n * n * kk)), np.float64)
     return out
 
 

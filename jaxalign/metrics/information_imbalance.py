@@ -219,11 +219,16 @@ def _rank_sums_tile(
     return x_to_y, y_to_x
 
 
-def _exact_total(counts: jax.Array, dtype: Any) -> jax.Array:
-    """Σ counts (non-negative int32) rounded once to ``dtype``: the parts above and below 2^12 are exact floats and
-    their double-float sum is exact below 2^48 (float32), so the result depends on no summation order."""
+def exact_count_sum(counts: jax.Array, axis: int, dtype: Any) -> df.DD:
+    """Σ of non-negative int32 counts along ``axis`` as an exact double-float in ``dtype``: the parts above and below
+    2^12 are exact floats and their double-float sum is exact below 2^48 (float32), in any summation order."""
     high = (counts >> 12) << 12
-    return df.sum((high.astype(dtype), (counts - high).astype(dtype)), axis=0)[0]
+    return df.sum((high.astype(dtype), (counts - high).astype(dtype)), axis=axis)
+
+
+def _exact_total(counts: jax.Array, dtype: Any) -> jax.Array:
+    """Σ counts rounded once to ``dtype`` (no dependence on the summation order)."""
+    return exact_count_sum(counts, 0, dtype)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("k", "search", "tile", "mesh"))
