@@ -22,7 +22,7 @@ def _dense_ip(x, k, exclude_self=True):
     return idx, np.take_along_axis(s, idx, 1)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     n=st.integers(5, 60),
     d=st.integers(1, 9),
