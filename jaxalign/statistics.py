@@ -93,6 +93,20 @@ def _matrices(feats: dict[str, np.ndarray], kwargs: dict) -> dict[str, np.ndarra
     return out
 
 
+def _observed_and_draws(
+    features: Any, rows: int | None, seed: int, draws: int, redraw: Any, sweep: dict
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The matrices on the seeded subsample and, per name, the (draws, M, M) matrices of ``redraw(feats, n, draw)``."""
+    feats = _subsample(_named(features), rows, np.random.default_rng(seed))
+    observed = _matrices(feats, sweep)
+    n = next(iter(feats.values())).shape[0]
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in observed}
+    for draw in range(draws):
+        for name, mat in _matrices(redraw(feats, n, draw), sweep).items():
+            samples[name].append(mat)
+    return observed, {name: np.stack(mats) for name, mats in samples.items()}
+
+
 def permutation_null(
     features: Sequence[Any] | Mapping[str, Any],
     *,
@@ -114,18 +128,15 @@ def permutation_null(
       name → :class:`MatrixNull` for every matrix the sweep returns.
     """
     draws = _check_draws(draws)
-    feats = _subsample(_named(features), rows, np.random.default_rng(seed))
-    observed = _matrices(feats, sweep)
-    n = next(iter(feats.values())).shape[0]
-    samples: dict[str, list[np.ndarray]] = {name: [] for name in observed}
-    for draw in range(draws):
+
+    def shuffle(feats: dict[str, np.ndarray], n: int, draw: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([seed, draw])
-        shuffled = {k: v[rng.permutation(n)] for k, v in feats.items()}
-        for name, mat in _matrices(shuffled, sweep).items():
-            samples[name].append(mat)
+        return {k: v[rng.permutation(n)] for k, v in feats.items()}
+
+    observed, samples = _observed_and_draws(features, rows, seed, draws, shuffle, sweep)
     out = {}
     for name, obs in observed.items():
-        null = np.stack(samples[name])
+        null = samples[name]
         lower = name.startswith(LOWER_IS_ALIGNED)
         extreme = (null <= obs) if lower else (null >= obs)
         p = (1.0 + extreme.sum(0)) / (1.0 + draws)
@@ -148,18 +159,16 @@ def bootstrap(
     draws = _check_draws(draws)
     if isinstance(level, bool) or not isinstance(level, float | int) or not 0.0 < float(level) < 1.0:
         raise ValueError(f"`level` must be a number in (0, 1), got {level!r}.")
-    feats = _subsample(_named(features), rows, np.random.default_rng(seed))
-    observed = _matrices(feats, sweep)
-    n = next(iter(feats.values())).shape[0]
-    samples: dict[str, list[np.ndarray]] = {name: [] for name in observed}
-    for draw in range(draws):
+
+    def resample(feats: dict[str, np.ndarray], n: int, draw: int) -> dict[str, np.ndarray]:
         take = np.random.default_rng([seed, draw, 1]).integers(0, n, size=n)
-        for name, mat in _matrices({k: v[take] for k, v in feats.items()}, sweep).items():
-            samples[name].append(mat)
+        return {k: v[take] for k, v in feats.items()}
+
+    observed, samples = _observed_and_draws(features, rows, seed, draws, resample, sweep)
     tail = (1.0 - float(level)) / 2.0
     out = {}
     for name, obs in observed.items():
-        boot = np.stack(samples[name])
+        boot = samples[name]
         low, high = np.quantile(boot, [tail, 1.0 - tail], axis=0)
         std = boot.std(0, ddof=1) if draws > 1 else np.zeros_like(obs)
         out[name] = MatrixInterval(obs, low, high, std, float(level), boot)
