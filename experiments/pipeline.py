@@ -115,6 +115,10 @@ def _save_results(run_dir: Path, results: Mapping[str, Any]) -> None:
         ]
         (out / "csv").mkdir(parents=True, exist_ok=True)
         (out / "csv" / f"{key.replace('@', '_k')}.csv").write_text("\n".join(lines) + "\n")
+    sig = results.get("significance") or {}
+    sig_arrays = {k: v for k, v in sig.items() if isinstance(v, np.ndarray)}
+    if sig_arrays:
+        write_npz(out / "significance.npz", {**sig_arrays, "models": np.array(names)})
     rec = results.get("reconstruction") or {}
     rec_arrays = {k: v for k, v in rec.items() if isinstance(v, np.ndarray)}
     if rec_arrays:
@@ -133,6 +137,7 @@ def _save_results(run_dir: Path, results: Mapping[str, Any]) -> None:
         "checks": results["checks"],
         "cknna_k": results["matrices"]["cknna_k_main"],
         "cknna_k_sweep": results["matrices"]["cknna_k"],
+        "significance": {k: v for k, v in sig.items() if not isinstance(v, np.ndarray)},
     }
     write_json(out / "results.json", summary)
 
@@ -225,6 +230,8 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
     with stage("matrices") as e:
         mats = analysis.alignment_matrices(ctx, e)
         e["summary"] = f"N = {aligned.n} common structures; " + e["summary"]
+    with stage("significance") as e:
+        sig = analysis.significance(ctx, mats, e)
     with stage("intrinsic_dimension") as e:
         ids = analysis.intrinsic_dimensions(ctx, e)
     with stage("reconstruction") as e:
@@ -259,6 +266,7 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         "n_structures": aligned.n,
         "structure_ids": aligned.ids.tolist(),
         "matrices": mats,
+        "significance": sig,
         "intrinsic_dimension": ids,
         "reconstruction": rec,
         "energy": energy,

@@ -166,8 +166,39 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def _matrix_table(mat: np.ndarray, rows: Sequence[str], cols: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    return ["", *cols], [[r, *(_fmt(x) for x in mat[i])] for i, r in enumerate(rows)]
+def _matrix_table(
+    mat: np.ndarray, rows: Sequence[str], cols: Sequence[str], marks: np.ndarray | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """A matrix as a table; ``marks`` (bool, same shape) appends "*" to the marked cells."""
+    marks = np.zeros(mat.shape, bool) if marks is None else marks
+    body = [[r, *(_fmt(x) + ("*" if marks[i, j] else "") for j, x in enumerate(mat[i]))] for i, r in enumerate(rows)]
+    return ["", *cols], body
+
+
+def _significance_blocks(sig: Mapping[str, Any], names: Sequence[str], titles: Mapping[str, str]) -> list:
+    """The permutation null's verdict per matrix: significant off-diagonal cells and the pairs that are not."""
+    m = len(names)
+    off = ~np.eye(m, dtype=bool)
+    b: list = [
+        ("h", 3, "Significance above a permutation null"),
+        (
+            "p",
+            f"Each matrix below marks with * the cells whose value exceeds a permutation null at p ≤ {sig['alpha']} "
+            f"(one-sided; smaller is more aligned for Δ): {sig['draws']} draws of metric(row model, column model "
+            f"with its structures shuffled), on a seeded subsample of {sig['rows']} structures, where the observed "
+            "value is recomputed for the comparison (jaxalign.statistics.permutation_null; the smallest attainable "
+            f"p is {1 / (sig['draws'] + 1):.3f}). The diagonal compares a model with its own shuffled copy.",
+        ),
+    ]
+    rows = []
+    for key in sig["keys"]:
+        p = np.asarray(sig[f"{key}:p"])
+        hit = (p <= sig["alpha"]) & off
+        missing = [f"{names[i]} → {names[j]}" for i, j in zip(*np.nonzero(~hit & off), strict=True)]
+        shown = ", ".join(missing[:6]) + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else "")
+        rows.append([titles.get(key, key), f"{int(hit.sum())} / {m * (m - 1)}", shown or "—"])
+    b.append(("table", ["matrix", "significant cells (off-diagonal)", "not significant (row → column)"], rows))
+    return b
 
 
 def _verdict(passed: bool | None) -> str:
@@ -278,9 +309,15 @@ def build_blocks(results: Mapping[str, Any], context: Mapping[str, Any], figures
     if mats.get("full_k"):
         tables.append(("cknna@full", f"CKNNA (k = N − 1 = {int(mats['n']) - 1})"))
     tables += [(f"ii@{k}", f"information imbalance Δ(row → column), k = {k}") for k in mats["ii_k"]]
+    sig = results.get("significance")
+    if sig:
+        b += _significance_blocks(sig, names, dict(tables))
     for key, title in tables:
-        b.append(("h", 3, title))
-        b.append(("table", *_matrix_table(mats[key], names, names)))
+        marks = None
+        if sig and f"{key}:p" in sig and (key != "cknna" or int(sig["k"]) == int(k_main)):
+            marks = np.asarray(sig[f"{key}:p"]) <= sig["alpha"]
+        b.append(("h", 3, title + (" (* significant)" if marks is not None else "")))
+        b.append(("table", *_matrix_table(mats[key], names, names, marks)))
     rec = results.get("reconstruction") or {}
     for level in rec.get("levels", []):
         for measure in ("gfre", "lfre"):

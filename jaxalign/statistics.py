@@ -2,22 +2,24 @@
 
 Seed 000 reads alignment against one random-baseline model; a null *distribution* says which cells exceed chance.
 
-- :func:`permutation_null`: each draw shuffles the rows of every model independently (a fresh permutation per model),
-  which keeps every embedding's own geometry and breaks the row correspondence between models, and recomputes every
-  matrix with :func:`jaxalign.sweep.pairwise_matrices`. Per cell: the null mean and standard deviation and the
+- :func:`permutation_null`: draw d of cell (a, b) is metric(x_a, P_db x_b), the column model's rows shuffled by a
+  permutation of its own (fresh per model and draw), which keeps every embedding's geometry and breaks the row
+  correspondence; the diagonal's null is a model against its own shuffled copy. The draws are batched like the
+  matrices: the shuffled copies of ``draws_per_sweep`` draws join the M models of one
+  :func:`~jaxalign.sweep.pairwise_matrices` sweep that computes only the cells between the originals and the copies
+  (``between``), so each pass over the rows serves many draws. Per cell: the null mean and standard deviation and the
   permutation p-value p = (1 + #{null at least as aligned as observed}) / (1 + draws) (Phipson & Smyth 2010,
   "Permutation p-values should never be zero"), "aligned" meaning larger for the similarity metrics and smaller
-  for information imbalance (Δ ≈ 0 when the source predicts the target, ≈ 1 without information). The diagonal (a
-  model against itself, shuffled alike) has no null: its p-values are NaN.
+  for information imbalance (Δ ≈ 0 when the source predicts the target, ≈ 1 without information).
 - :func:`bootstrap`: each draw resamples the rows with replacement (one resample shared by all models, so pairs stay
   paired) and recomputes every matrix; per cell the percentile interval at ``level`` and the bootstrap standard error.
   Resampled rows are exact duplicates: the kNN metrics break their ties by index and information imbalance ranks them
-  exactly, as on any data with duplicates.
+  exactly, as on any data with duplicates. Each draw has its own rows, so each is one sweep (draws run in sequence).
 
 Both run on ``rows`` structures drawn once without replacement (a documented subsample: the null of a 50,000-row
-study is well estimated on a few thousand rows at a fraction of the cost); ``rows=None`` uses all. Every draw is one
-sweep of the same shapes, so the draws reuse one set of compiled programs. Draws are seeded per index, so a
-result does not depend on how the draws are batched or resumed.
+study is well estimated on a few thousand rows at a fraction of the cost); ``rows=None`` uses all. Sweeps of the
+same shapes reuse one set of compiled programs. Draws are seeded per index (and per model), so a result does not
+depend on how the draws are batched.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def permutation_null(
     draws: int = 100,
     rows: int | None = 2000,
     seed: int = 0,
+    draws_per_sweep: int | None = None,
     **sweep: Any,
 ) -> dict[str, MatrixNull]:
     """Permutation null of every matrix of :func:`~jaxalign.sweep.pairwise_matrices` (module docstring).
@@ -121,26 +124,43 @@ def permutation_null(
       features: as for :func:`~jaxalign.sweep.pairwise_matrices`.
       draws: number of permutations (the smallest attainable p-value is 1/(draws + 1)).
       rows: structures of the subsample the null is computed on (None: all).
-      seed: seeds the subsample and, with the draw's index, each draw's permutations.
-      sweep: keyword arguments of :func:`~jaxalign.sweep.pairwise_matrices` (metrics, k, ii_k, ...; not journal).
+      seed: seeds the subsample and, with the draw's and the model's index, each permutation.
+      draws_per_sweep: draws whose shuffled copies share one sweep (default: about 32 models per sweep).
+      sweep: keyword arguments of :func:`~jaxalign.sweep.pairwise_matrices` (metrics, k, ii_k, ...; not journal,
+        not between).
 
     Returns:
       name → :class:`MatrixNull` for every matrix the sweep returns.
+
+    Raises:
+      ValueError: for a bad ``draws``, ``rows`` or ``draws_per_sweep``, and as the sweep for bad features.
     """
     draws = _check_draws(draws)
-
-    def shuffle(feats: dict[str, np.ndarray], n: int, draw: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([seed, draw])
-        return {k: v[rng.permutation(n)] for k, v in feats.items()}
-
-    observed, samples = _observed_and_draws(features, rows, seed, draws, shuffle, sweep)
+    if "between" in sweep or "journal" in sweep:
+        raise ValueError("`between` and `journal` are set by the null itself; leave them out.")
+    feats = _subsample(_named(features), rows, np.random.default_rng(seed))
+    names = list(feats)
+    m, n = len(names), next(iter(feats.values())).shape[0]
+    per = max(1, 32 // m - 1) if draws_per_sweep is None else _check_draws(draws_per_sweep, "draws_per_sweep")
+    observed = _matrices(feats, sweep)
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in observed}
+    for first in range(0, draws, per):
+        batch = range(first, min(draws, first + per))
+        copies = {
+            f"{name}~{draw}": x[np.random.default_rng([seed, draw, j]).permutation(n)]
+            for draw in batch
+            for j, (name, x) in enumerate(feats.items())
+        }
+        swept = _matrices({**feats, **copies}, {**sweep, "between": (names, list(copies))})
+        for name, mat in swept.items():
+            for b, _ in enumerate(batch):
+                samples[name].append(mat[:m, m * (b + 1) : m * (b + 2)])  # (original a, copy of b)
     out = {}
     for name, obs in observed.items():
-        null = samples[name]
+        null = np.stack(samples[name])
         lower = name.startswith(LOWER_IS_ALIGNED)
         extreme = (null <= obs) if lower else (null >= obs)
         p = (1.0 + extreme.sum(0)) / (1.0 + draws)
-        np.fill_diagonal(p, np.nan)  # a model against itself is permuted alike: no null
         out[name] = MatrixNull(obs, null.mean(0), null.std(0, ddof=1) if draws > 1 else np.zeros_like(obs), p, null)
     return out
 

@@ -202,6 +202,114 @@ def _share(results: list[dict | None], shapes: Callable[[int], dict[str, jax.Sha
     return shared
 
 
+# ---- which cells: the whole matrix, the cells between two groups, the cells a journal lacks ------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cells:
+    """The cells a sweep computes: every pair with one model in ``left`` and the other in ``right``, both
+    directions (``left = right = all`` for the whole matrix)."""
+
+    m: int
+    left: tuple[int, ...]
+    right: tuple[int, ...]
+
+    @property
+    def full(self) -> bool:
+        return self.left == self.right == tuple(range(self.m))
+
+    @property
+    def used(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.left) | set(self.right)))
+
+    def mask(self) -> np.ndarray:
+        """(M, M) bool: the cells computed."""
+        mask = np.zeros((self.m, self.m), bool)
+        mask[np.ix_(self.left, self.right)] = True
+        mask[np.ix_(self.right, self.left)] = True
+        return mask
+
+    def sources(self, target: int) -> tuple[int, ...]:
+        """The models i whose cell (i, target) is computed."""
+        return tuple(int(i) for i in np.flatnonzero(self.mask()[:, target]))
+
+
+def _group(group: Any, names: list[str], which: str) -> tuple[int, ...]:
+    if isinstance(group, (str, int, np.integer)) or not isinstance(group, Sequence) or not group:
+        raise ValueError(f"`between[{which}]` must be a non-empty sequence of model names or indices, got {group!r}.")
+    out = set()
+    for g in group:
+        if isinstance(g, str) and g in names:
+            out.add(names.index(g))
+        elif isinstance(g, (int, np.integer)) and not isinstance(g, bool) and 0 <= int(g) < len(names):
+            out.add(int(g))
+        else:
+            raise ValueError(f"`between[{which}]` names an unknown model {g!r}; models are {names} (or 0..M-1).")
+    return tuple(sorted(out))
+
+
+def _cells(between: Any, names: list[str]) -> _Cells:
+    m = len(names)
+    if between is None:
+        return _Cells(m, tuple(range(m)), tuple(range(m)))
+    if isinstance(between, (str, bytes)) or not isinstance(between, Sequence) or len(between) != 2:
+        raise ValueError(f"`between` must be a pair (group_a, group_b) of model names or indices, got {between!r}.")
+    return _Cells(m, _group(between[0], names, "0"), _group(between[1], names, "1"))
+
+
+def _model_ids(digests: list[str]) -> np.ndarray:
+    """(M, 10) uint8: the models' digests as a journal record carries them (broadcastable across hosts)."""
+    return np.stack([np.frombuffer(bytes.fromhex(d), np.uint8) for d in digests])
+
+
+def _prior(journal: Journal | None, prefix: str, digests: list[str]) -> tuple[dict, np.ndarray] | None:
+    """The journaled record named ``prefix…`` that shares the most models with ``digests`` (a run on another model
+    set): its arrays and, per current model, its position there (−1: not in it). None if no record shares one."""
+    if journal is None:
+        return None
+    best = None
+    for name in journal.units():
+        record = journal.get(name) if name.startswith(prefix) else None
+        if record is None or "models" not in record:
+            continue
+        position = {bytes(r).hex(): i for i, r in enumerate(record["models"])}
+        index = np.array([position.get(d, -1) for d in digests])
+        if best is None or (index >= 0).sum() > (best[1] >= 0).sum():
+            best = (record, index)
+    return best if best is not None and (best[1] >= 0).any() else None
+
+
+def _incremental(
+    journal: Journal | None,
+    prefix: str,
+    digests: list[str],
+    compute: Callable[[_Cells], dict[str, np.ndarray]],
+    cell_keys: tuple[str, ...],
+) -> dict[str, np.ndarray]:
+    """A full-matrix unit, reusing a record of another model set: the cells among models both share are read from
+    it, only the cells of the new models (their rows and columns) are computed. Arrays named in ``cell_keys`` are
+    (M, M, …) cell arrays; the others are per model (M, …) and come from the computation, which needs every model."""
+    m = len(digests)
+    prior = _prior(journal, prefix, digests)
+    if prior is None:
+        out = compute(_Cells(m, tuple(range(m)), tuple(range(m))))
+    else:
+        record, index = prior
+        known = np.flatnonzero(index >= 0)
+        fresh = tuple(int(i) for i in np.flatnonzero(index < 0))
+        if not fresh:  # a subset of an earlier model set: nothing new to compute
+            return {
+                key: (value[np.ix_(index, index)] if key in cell_keys else value[index])
+                for key, value in record.items()
+                if key != "models"
+            } | {"models": _model_ids(digests)}
+        out = compute(_Cells(m, fresh, tuple(range(m))))
+        for key in (key for key in cell_keys if key in out):
+            out[key] = np.array(out[key])
+            out[key][np.ix_(known, known)] = record[key][np.ix_(index[known], index[known])]
+    return {**out, "models": _model_ids(digests)}
+
+
 # ---- per-model preparation -----------------------------------------------------------------------------------------
 
 
@@ -259,47 +367,72 @@ def _pass_tile(
     exponent: float,
     ii_k: tuple[int, ...],
     dcor: bool,
-    search: bool,
+    cells: _Cells,
 ) -> dict:
-    """One tile's contribution: dCor Gram (M, M) and row sums (M, length) of the unit's rows, II rank totals
-    (M_source, M_target, len(ii_k)); all as double-floats except the row sums."""
+    """One tile's contribution over the models ``cells`` uses: dCor's cross Gram (|left|, |right|), Σ a'² (M,) and
+    row sums (M, length) of the unit's rows; II rank totals (M_source, M_target, len(ii_k)), zero outside the
+    cells; all as double-floats except the row sums."""
     t = rows.shape[0]
     m = len(spaces)
     n = spaces[0].data.shape[0]
+    used = cells.used
     diag = rows[:, None] == jnp.arange(n, dtype=rows.dtype)[None, :]  # a mask XLA fuses into each consumer
-    frames = [s.frame for s in spaces]
-    blocks = [jnp.where(diag, 0.0, pairwise_block(f.rows[rows], f.rows, "sqeuclidean")) for f in frames]
+    frames = {i: spaces[i].frame for i in used}
+    blocks = {i: jnp.where(diag, 0.0, pairwise_block(f.rows[rows], f.rows, "sqeuclidean")) for i, f in frames.items()}
+    dtype = spaces[0].data.dtype
     out = {}
     if dcor:  # as distance_power_block, from the block shared with the ranks
-        weight = valid.astype(blocks[0].dtype)[:, None]
-        powers = [
-            (_safe_power(b * (f.factor * f.factor), exponent / 2.0) - f.shift) * weight
-            for b, f in zip(blocks, frames, strict=True)
-        ]
+        weight = valid.astype(dtype)[:, None]
+        powers = {
+            i: (_safe_power(b * (frames[i].factor * frames[i].factor), exponent / 2.0) - frames[i].shift) * weight
+            for i, b in blocks.items()
+        }
+
         # (tile·N, M) with the models last: XLA:CPU runs this AᵀA ~4x faster than the (M, tile·N) A Aᵀ
-        flat = jnp.stack(powers, axis=-1).reshape(-1, m)
-        gram = jnp.matmul(flat.T, flat, precision=jax.lax.Precision.HIGHEST)
-        out["gram"] = df.lift(gram)
-        row = jnp.zeros((m, length), gram.dtype)
-        out["row"] = row.at[:, rows - start].add(jnp.stack([p.sum(1) for p in powers]) * valid[None, :])
+        def flat(group: tuple[int, ...]) -> jax.Array:
+            return jnp.stack([powers[i] for i in group], axis=-1).reshape(-1, len(group))
+
+        left = flat(cells.left)
+        right = left if cells.right == cells.left else flat(cells.right)
+        cross = jnp.matmul(left.T, right, precision=jax.lax.Precision.HIGHEST)
+        if cells.full:
+            sq = jnp.diagonal(cross)
+        else:
+            sq = jnp.zeros(m, dtype).at[jnp.asarray(used)].set(jnp.stack([(powers[i] ** 2).sum() for i in used]))
+        out["cross"], out["sq"] = df.lift(cross), df.lift(sq)
+        sums = jnp.stack([powers[i].sum(1) if i in powers else jnp.zeros(t, dtype) for i in range(m)])
+        out["row"] = jnp.zeros((m, length), dtype).at[:, rows - start].add(sums * valid[None, :])
     if ii_k:
         kmax = ii_k[-1]
-        targets = neighbours[:, rows, :kmax].transpose(1, 0, 2).reshape(t, m * kmax)  # every source's neighbours
+        zero = jnp.zeros((m, len(ii_k)), dtype)
+        near_all = neighbours[:, rows, :kmax]  # (M, tile, k): every source's neighbours of the tile's rows
+        near_of: dict[tuple[int, ...], jax.Array] = {}
         totals_hi, totals_lo = [], []
-        for space, block in zip(spaces, blocks, strict=True):
+        for target in range(m):
+            sources = cells.sources(target)
+            if not sources:
+                totals_hi.append(zero)
+                totals_lo.append(zero)
+                continue
+            space, block = spaces[target], blocks[target]
+            if sources not in near_of:
+                picked = near_all if len(sources) == m else near_all[jnp.asarray(sources)]
+                near_of[sources] = picked.transpose(1, 0, 2).reshape(t, len(sources) * kmax)
+            near = near_of[sources]
             dist = jnp.where(diag, jnp.inf, block)
             d = space.data.shape[1]
             bound = jnp.where(space.exact, 0.0, expanded_bound(space.norm[rows], space.norm.max(), d, "sq"))
-            ranks = _exact_ranks(dist, bound, targets, rows, space.data, space.exact, search=search, scale=space.scale)
-            upto = jnp.cumsum(ranks.reshape(t, m, kmax), axis=2)[:, :, jnp.asarray(ii_k) - 1]  # (t, M_src, n_k)
-            hi, lo = exact_count_sum(jnp.where(valid[:, None, None], upto, 0), 0, block.dtype)
-            totals_hi.append(hi)
-            totals_lo.append(lo)
+            search = len(sources) * kmax > COUNT_UP_TO_K
+            ranks = _exact_ranks(dist, bound, near, rows, space.data, space.exact, search=search, scale=space.scale)
+            upto = jnp.cumsum(ranks.reshape(t, len(sources), kmax), axis=2)[:, :, jnp.asarray(ii_k) - 1]
+            hi, lo = exact_count_sum(jnp.where(valid[:, None, None], upto, 0), 0, dtype)
+            totals_hi.append(zero.at[jnp.asarray(sources)].set(hi))
+            totals_lo.append(zero.at[jnp.asarray(sources)].set(lo))
         out["ranks"] = (jnp.stack(totals_hi, 1), jnp.stack(totals_lo, 1))  # (M_src, M_tgt, n_k)
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("length", "exponent", "ii_k", "dcor", "search", "tile", "mesh"))
+@functools.partial(jax.jit, static_argnames=("length", "exponent", "ii_k", "dcor", "cells", "tile", "mesh"))
 def _pass_unit(
     rows: jax.Array,
     spaces: tuple[_Space, ...],
@@ -310,11 +443,11 @@ def _pass_unit(
     exponent: float,
     ii_k: tuple[int, ...],
     dcor: bool,
-    search: bool,
+    cells: _Cells,
     tile: int,
     mesh: Mesh | None,
 ) -> dict:
-    fn = functools.partial(_pass_tile, length=length, exponent=exponent, ii_k=ii_k, dcor=dcor, search=search)
+    fn = functools.partial(_pass_tile, length=length, exponent=exponent, ii_k=ii_k, dcor=dcor, cells=cells)
     return sum_row_tiles(fn, rows, spaces, neighbours, start, tile=tile, mesh=mesh, combine=_dd_combine)
 
 
@@ -368,6 +501,7 @@ def pairwise_matrices(
     tile: int | None = None,
     unit_rows: int | None = None,
     mesh: Mesh | str | None = "auto",
+    between: tuple[Sequence[str | int], Sequence[str | int]] | None = None,
     journal: str | Journal | None = None,
     progress: Progress | None = None,
 ) -> dict[str, np.ndarray]:
@@ -390,8 +524,13 @@ def pairwise_matrices(
       tile: rows per tile of the distance pass (default: all M blocks within ~256 MiB per device).
       unit_rows: rows per journal unit of the distance pass (default: about N/8, whole tiles per device).
       mesh: a 1-D device mesh splitting each unit's tiles, ``"auto"`` (all local devices) or None.
+      between: ``(group_a, group_b)`` of model names or indices: compute only the cells with one model in each group
+        (both directions, e.g. new models against all, or models against shuffled copies); the others are NaN.
+        None: every cell.
       journal: a directory (or :class:`~jaxalign.journal.Journal`) of finished units, to resume an interrupted
-        sweep; None keeps nothing.
+        sweep; None keeps nothing. A whole-matrix sweep whose journal holds units of another model set on the same
+        rows reuses the cells of the models both share and computes only the new models' rows and columns (their
+        distance blocks still pass through every tile, as the partners of every cell).
       progress: called as ``progress(pass_name, units_done, units_total, cached)`` after each unit this process
         holds (``cached``: read from the journal rather than computed); it may raise to stop the sweep, whose
         finished units stay journaled.
@@ -412,6 +551,8 @@ def pairwise_matrices(
     iik = _check_ks(ii_k, n, "ii_k", low=1) if "information_imbalance" in metrics else ()
     exponent = _check_exponent(exponent)
     mesh = resolve_mesh(mesh)
+    cells = _cells(between, names)
+    mask = cells.mask()
     if journal is not None and not isinstance(journal, Journal):
         journal = Journal(journal)
     units = _Units(journal, progress)
@@ -446,44 +587,82 @@ def pairwise_matrices(
         key = content_key("graphs", {**base, "ip": ip_k, "eu": eu_k})
         graphs = units.run("graphs", [f"graph-{d}-{key}" for d in digests], graph_unit, graph_shapes)
 
-    # 2. pairs from features and graphs
-    if "cka" in metrics or "unbiased_cka" in metrics:
-        unit = [_unit_scale(x) for x in arrays]
-        for name, unbiased in (("cka", False), ("unbiased_cka", True)):
-            if name not in metrics:
-                continue
-            hsic = np.full((m, m), np.nan, dtype=np.float64)
-            for a in range(m):
-                hsic[a, a:] = np.asarray(_cka_row(unit[a][0], tuple(z for z, _ in unit[a:]), unbiased=unbiased))
-            mat = np.full((m, m), np.nan)
-            for a in range(m):
-                for b in range(a, m):
-                    scales = (unit[a][1], unit[a][1], unit[b][1], unit[b][1])
-                    hab, haa, hbb = (jnp.asarray(h, arrays[0].dtype) for h in (hsic[a, b], hsic[a, a], hsic[b, b]))
-                    mat[a, b] = mat[b, a] = float(_ratio(hab, haa, hbb, *scales))
-            out[name] = mat
-        del unit  # one copy of every model's features less before the distance pass
-    if "mutual_knn" in metrics:
-        stacked = jnp.stack([jnp.asarray(r["ip_i"][:, :mutual_k]) for r in graphs])
-        dtype = jnp.result_type(*[r["ip_v"].dtype for r in graphs])
-        batch = max(1, min(m, (1 << 22) // max(1, n * mutual_k)))
-        out["mutual_knn"] = np.stack(
-            [np.asarray(_mutual_row(stacked[a], stacked, dtype=dtype, batch=batch), np.float64) for a in range(m)]
-        )
-    for kk in ks:
-        out[f"cknna@{kk}"] = _cknna_matrix(arrays, graphs, kk, mesh)
+    # 2. pairs from features and graphs (one unit: cheap next to the graphs and the pass)
+    pair_names = [name for name in ("mutual_knn", "cka", "unbiased_cka") if name in metrics]
+    pair_names += [f"cknna@{kk}" for kk in ks]
+    if pair_names:
+
+        def pair_cells(part: _Cells) -> dict[str, np.ndarray]:
+            return _pair_matrices(arrays, graphs, part, metrics, ks, mutual_k, mesh)
+
+        def pair_unit(_: int) -> dict[str, np.ndarray]:
+            if not cells.full:
+                return pair_cells(cells)
+            return _incremental(units.journal, f"pairs-{pair_key}-", digests, pair_cells, tuple(pair_names))
+
+        def pair_shapes(_: int) -> dict[str, jax.ShapeDtypeStruct]:
+            extra = {"models": _shape((m, 10), np.uint8)} if cells.full else {}
+            return {name: _shape((m, m), np.float64) for name in pair_names} | extra
+
+        pair_key = content_key("pairs", {**base, "metrics": pair_names, "mutual_k": mutual_k})
+        models_key = content_key("models", {"models": digests, "between": [cells.left, cells.right]})
+        (pairs,) = units.run("pairs", [f"pairs-{pair_key}-{models_key}"], pair_unit, pair_shapes)
+        out.update({name: np.where(mask, pairs[name], np.nan) for name in pair_names})
     if ks:
         out["cknna"] = out[f"cknna@{check_k(main_k, n, 'k', low=2)}"]
-
-    if progress is not None and any(name in metrics for name in ("cknna", "mutual_knn", "cka", "unbiased_cka")):
-        progress("pairs", 1, 1, False)
 
     # 3. the distance pass
     dcor = "dcor" in metrics
     if dcor or iik:
-        out.update(_distance_pass(arrays, graphs, digests, base, units, dcor, iik, exponent, tile, unit_rows, mesh))
+        out.update(
+            _distance_pass(arrays, graphs, digests, base, units, cells, dcor, iik, exponent, tile, unit_rows, mesh)
+        )
     if iik:
         out["information_imbalance"] = out[f"information_imbalance@{check_k(_as_tuple(ii_k)[0], n, 'ii_k')}"]
+    return out
+
+
+def _pair_matrices(
+    arrays: list[jax.Array],
+    graphs: list[dict],
+    cells: _Cells,
+    metrics: tuple[str, ...],
+    ks: tuple[int, ...],
+    mutual_k: int,
+    mesh: Mesh | None,
+) -> dict[str, np.ndarray]:
+    """CKA, unbiased CKA, mutual kNN and CKNNA at every k of ``ks`` for the cells (NaN elsewhere)."""
+    m, n = len(arrays), arrays[0].shape[0]
+    mask = cells.mask()
+    used = cells.used
+    out: dict[str, np.ndarray] = {}
+    if "cka" in metrics or "unbiased_cka" in metrics:
+        unit = {i: _unit_scale(arrays[i]) for i in used}
+        for name, unbiased in (("cka", False), ("unbiased_cka", True)):
+            if name not in metrics:
+                continue
+            hsic = np.full((m, m), np.nan, dtype=np.float64)
+            for a in used:
+                cols = [b for b in used if b == a or (b > a and mask[a, b])]
+                hsic[a, cols] = np.asarray(_cka_row(unit[a][0], tuple(unit[b][0] for b in cols), unbiased=unbiased))
+            mat = np.full((m, m), np.nan)
+            for a, b in zip(*np.nonzero(np.triu(mask)), strict=True):
+                scales = (unit[a][1], unit[a][1], unit[b][1], unit[b][1])
+                hab, haa, hbb = (jnp.asarray(h, arrays[0].dtype) for h in (hsic[a, b], hsic[a, a], hsic[b, b]))
+                mat[a, b] = mat[b, a] = float(_ratio(hab, haa, hbb, *scales))
+            out[name] = mat
+        del unit
+    if "mutual_knn" in metrics:
+        stacked = jnp.stack([jnp.asarray(r["ip_i"][:, :mutual_k]) for r in graphs])
+        dtype = jnp.result_type(*[r["ip_v"].dtype for r in graphs])
+        batch = max(1, min(m, (1 << 22) // max(1, n * mutual_k)))
+        mat = np.full((m, m), np.nan)
+        for a in used:
+            cols = np.flatnonzero(mask[a])
+            mat[a, cols] = np.asarray(_mutual_row(stacked[a], stacked[cols], dtype=dtype, batch=batch), np.float64)
+        out["mutual_knn"] = mat
+    for kk in ks:
+        out[f"cknna@{kk}"] = _cknna_matrix(arrays, graphs, kk, mask, mesh)
     return out
 
 
@@ -521,17 +700,22 @@ def _cknna_cross(
 _sorted_rows = jax.jit(sorted_rows)
 
 
-def _cknna_matrix(arrays: list[jax.Array], graphs: list[dict], k: int, mesh: Mesh | None) -> np.ndarray:
-    """CKNNA at k for every ordered pair, as :func:`~jaxalign.metrics.cknna` computes it: kernel entries and
-    sim(K, K) once per model, the cross HSIC per pair (batched over the column models)."""
+def _pick(tree: Any, take: jax.Array) -> Any:
+    """The models ``take`` of every stacked (M, …) leaf."""
+    return jax.tree_util.tree_map(lambda v: v[take], tree)
+
+
+def _cknna_matrix(
+    arrays: list[jax.Array], graphs: list[dict], k: int, mask: np.ndarray, mesh: Mesh | None
+) -> np.ndarray:
+    """CKNNA at k for every ordered pair of ``mask``, as :func:`~jaxalign.metrics.cknna` computes it: kernel entries
+    and sim(K, K) once per model, the cross HSIC per pair (batched over the column models)."""
     m, n = len(arrays), arrays[0].shape[0]
     mat = np.full((m, m), np.nan)
     if 2 * k > n - 1:  # dense masks or k = N − 1: the pairwise function's own expansions, per pair
         g = [NeighborGraph(r["ip_i"][:, :k], r["ip_v"][:, :k], "ip", True) for r in graphs]
-        for a in range(m):
-            for b in range(a, m):
-                mat[a, b] = float(cknna(arrays[a], arrays[b], k=k, graph_x=g[a], graph_y=g[b], mesh=mesh))
-                mat[b, a] = float(cknna(arrays[b], arrays[a], k=k, graph_x=g[b], graph_y=g[a], mesh=mesh))
+        for a, b in zip(*np.nonzero(mask), strict=True):
+            mat[a, b] = float(cknna(arrays[a], arrays[b], k=k, graph_x=g[a], graph_y=g[b], mesh=mesh))
         return mat
     exact = arrays[0].dtype == jnp.float32
     indices, entries, units = [], [], []
@@ -552,11 +736,20 @@ def _cknna_matrix(arrays: list[jax.Array], graphs: list[dict], k: int, mesh: Mes
     tables = [_sorted_rows(i) for i in indices]
     stacked_t = (jnp.stack([t[0] for t in tables]), jnp.stack([t[1] for t in tables]))
     for a in range(m):
+        cols = np.flatnonzero(mask[a])
+        if cols.size == 0:
+            continue
+        take = None if cols.size == m else jnp.asarray(cols)
         cross = _cknna_cross(
-            indices[a], entries[a], selves[a][1], stacked_i, stacked_e, stacked_t, exact=exact, batch=batch
+            indices[a],
+            entries[a],
+            selves[a][1],
+            *(stacked_i, stacked_e, stacked_t) if take is None else _pick((stacked_i, stacked_e, stacked_t), take),
+            exact=exact,
+            batch=batch,
         )
-        for b in range(m):
-            mat[a, b] = float(_ratio_units(cross[b], selves[a][0], selves[b][0], units[a] + units[b]))
+        for j, b in enumerate(cols):
+            mat[a, b] = float(_ratio_units(cross[j], selves[a][0], selves[b][0], units[a] + units[b]))
     return mat
 
 
@@ -571,6 +764,7 @@ def _distance_pass(
     digests: list[str],
     base: dict,
     units: _Units,
+    cells: _Cells,
     dcor: bool,
     ii_k: tuple[int, ...],
     exponent: float,
@@ -578,10 +772,12 @@ def _distance_pass(
     unit_rows: int | None,
     mesh: Mesh | None,
 ) -> dict[str, np.ndarray]:
-    """dCor and information imbalance for every pair from one pass of unit row ranges over all models' blocks."""
+    """dCor and information imbalance for every pair of ``cells`` from one pass of unit row ranges over the
+    models' blocks. A whole-matrix unit of a journal that holds the same unit for another model set reuses its
+    cells and computes only the new models' rows and columns (:func:`_incremental`)."""
     n, m = arrays[0].shape[0], len(arrays)
     n_dev = 1 if mesh is None else mesh.devices.size
-    tile = _pass_tile_size(n, m, n_dev, tile)
+    tile = _pass_tile_size(n, len(cells.used), n_dev, tile)
     step = tile * n_dev
     if unit_rows is None:
         unit_rows = max(step, -(-n // 8 // step) * step)
@@ -592,61 +788,81 @@ def _distance_pass(
     neighbours = (
         jnp.stack([jnp.asarray(r["eu_i"][:, :kmax]) for r in graphs]) if ii_k else jnp.zeros((m, n, 0), jnp.int32)
     )
-    search = m * kmax > COUNT_UP_TO_K
-    key = content_key(
+    params = content_key(
         "distance-pass",
-        {**base, "models": digests, "dcor": dcor, "exponent": exponent, "ii_k": list(ii_k), "unit_rows": unit_rows},
+        {**base, "dcor": dcor, "exponent": exponent, "ii_k": list(ii_k), "unit_rows": unit_rows},
     )
+    groups = {} if cells.full else {"between": [[digests[i] for i in cells.left], [digests[i] for i in cells.right]]}
+    models = content_key("models", {"models": digests, **groups})
 
-    def compute(i: int) -> dict[str, np.ndarray]:
-        start = starts[i]
-        stop = min(n, start + unit_rows)
-        rows = jnp.arange(start, stop, dtype=jnp.int32)
+    def run(i: int, part_cells: _Cells) -> dict[str, np.ndarray]:
+        begin = starts[i]
+        stop = min(n, begin + unit_rows)
         part = _pass_unit(
-            rows,
+            jnp.arange(begin, stop, dtype=jnp.int32),
             spaces,
             neighbours,
-            jnp.int32(start),
-            length=stop - start,
+            jnp.int32(begin),
+            length=stop - begin,
             exponent=exponent,
             ii_k=ii_k,
             dcor=dcor,
-            search=search,
+            cells=part_cells,
             tile=tile,
             mesh=mesh,
         )
         flat = {}
         for name, value in part.items():
-            if isinstance(value, tuple):
-                flat[f"{name}_hi"], flat[f"{name}_lo"] = value
+            if name == "cross":  # (|left|, |right|) into the (M, M) cells
+                for half, v in zip(("hi", "lo"), value, strict=True):
+                    full = np.zeros((m, m), v.dtype)
+                    full[np.ix_(part_cells.left, part_cells.right)] = np.asarray(v)
+                    full[np.ix_(part_cells.right, part_cells.left)] = np.asarray(v).T
+                    flat[f"cross_{half}"] = full
+            elif isinstance(value, tuple):
+                flat[f"{name}_hi"], flat[f"{name}_lo"] = (np.asarray(v) for v in value)
             else:
-                flat[name] = value
+                flat[name] = np.asarray(value)
         return flat
+
+    def compute(i: int) -> dict[str, np.ndarray]:
+        if not cells.full:
+            return run(i, cells)
+        prefix = f"pass-{params}-{starts[i]:09d}-"
+        return _incremental(units.journal, prefix, digests, functools.partial(run, i), _PASS_CELLS)
 
     def shapes(i: int) -> dict[str, jax.ShapeDtypeStruct]:
         dtype = arrays[0].dtype
-        out = {}
+        out = {"models": _shape((m, 10), np.uint8)} if cells.full else {}
         if dcor:
             length = min(n, starts[i] + unit_rows) - starts[i]
-            out.update(gram_hi=_shape((m, m), dtype), gram_lo=_shape((m, m), dtype), row=_shape((m, length), dtype))
+            out.update({f"cross_{h}": _shape((m, m), dtype) for h in ("hi", "lo")})
+            out.update({f"sq_{h}": _shape((m,), dtype) for h in ("hi", "lo")}, row=_shape((m, length), dtype))
         if ii_k:
-            out.update(ranks_hi=_shape((m, m, len(ii_k)), dtype), ranks_lo=_shape((m, m, len(ii_k)), dtype))
+            out.update({f"ranks_{h}": _shape((m, m, len(ii_k)), dtype) for h in ("hi", "lo")})
         return out
 
-    names = [f"pass-{key}-{s:09d}" for s in starts]
+    names = [f"pass-{params}-{s:09d}-{models}" for s in starts]
     parts = units.run("distance pass", names, compute, shapes)
     out: dict[str, np.ndarray] = {}
+    mask = cells.mask()
     if dcor:
-        gram = _dd_total([(p["gram_hi"], p["gram_lo"]) for p in parts])
+        cross = _dd_total([(p["cross_hi"], p["cross_lo"]) for p in parts])
+        sq = _dd_total([(p["sq_hi"], p["sq_lo"]) for p in parts])
         rows = np.concatenate([p["row"] for p in parts], axis=1)
-        out["dcor"] = _dcor_matrix(spaces, rows, gram)
+        out["dcor"] = _dcor_matrix(spaces, rows, cross, sq, mask)
     if ii_k:
         # the exact rank totals (a normalised double-float of integers below 2^48) rounded once to the working
         # float: its high part, as information_imbalance rounds its own exact total
         totals = jnp.asarray(_dd_total([(p["ranks_hi"], p["ranks_lo"]) for p in parts])[0])
         for j, kk in enumerate(ii_k):
-            out[f"information_imbalance@{kk}"] = np.asarray(totals[:, :, j] * (2.0 / (n * n * kk)), np.float64)
+            value = np.asarray(totals[:, :, j] * (2.0 / (n * n * kk)), np.float64)
+            out[f"information_imbalance@{kk}"] = np.where(mask, value, np.nan)
     return out
+
+
+#: The pass's per-pair arrays (the rest are per model).
+_PASS_CELLS = ("cross_hi", "cross_lo", "ranks_hi", "ranks_lo")
 
 
 def _dd_total(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -665,14 +881,23 @@ def _dcor_pair(row_a: jax.Array, row_b: jax.Array, shifts: jax.Array, sums: jax.
     return safe_sqrt(dcor_from_totals(moments_a, moments_b, sums[0], sums[1], sums[2]))
 
 
-def _dcor_matrix(spaces: tuple[_Space, ...], rows: np.ndarray, gram: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """dCor of every pair from the row sums (M, N) and the Gram totals (a double-float (M, M))."""
+def _dcor_matrix(
+    spaces: tuple[_Space, ...],
+    rows: np.ndarray,
+    cross: tuple[np.ndarray, np.ndarray],
+    sq: tuple[np.ndarray, np.ndarray],
+    mask: np.ndarray,
+) -> np.ndarray:
+    """dCor of every pair of ``mask`` from the row sums (M, N), the cross totals and Σ a'² (double-floats)."""
     m = len(spaces)
-    total = jnp.asarray(gram[0]) + jnp.asarray(gram[1])
+    total = jnp.asarray(cross[0]) + jnp.asarray(cross[1])
+    own = jnp.asarray(sq[0]) + jnp.asarray(sq[1])
     mat = np.full((m, m), np.nan)
     for a in range(m):
         for b in range(a, m):
+            if not mask[a, b]:
+                continue
             shifts = jnp.stack([spaces[a].frame.shift, spaces[b].frame.shift])
-            sums = jnp.stack([total[a, b], total[a, a], total[b, b]])
+            sums = jnp.stack([total[a, b], own[a], own[b]])
             mat[a, b] = mat[b, a] = float(_dcor_pair(jnp.asarray(rows[a]), jnp.asarray(rows[b]), shifts, sums))
     return mat

@@ -103,6 +103,7 @@ def test_small_run_writes_every_figure_and_the_report(first_run: Path) -> None:
         "dataset",
         "extraction",
         "matrices",
+        "significance",
         "intrinsic_dimension",
         "reconstruction",
         "energy",
@@ -111,6 +112,19 @@ def test_small_run_writes_every_figure_and_the_report(first_run: Path) -> None:
         "report",
     ]
     assert all(s["computed"] > 0 for name, s in stages.items() if name != "report")
+
+
+def test_the_permutation_null_marks_the_related_pair(first_run: Path) -> None:
+    with np.load(first_run / "results" / "significance.npz") as z:
+        sig = {k: z[k] for k in z.files}
+    names = list(sig["models"])
+    a, b = names.index("chgnet-0.3.0"), names.index("chgnet-0.2.0")
+    for key in ("dcor", "cka", "ii@1"):  # two versions of one potential share far more than chance
+        assert sig[f"{key}:p"][a, b] == pytest.approx(1 / 20), key
+        assert sig[f"{key}:observed"][a, b] != sig[f"{key}:mean"][a, b]
+    md = (first_run / "report.md").read_text()
+    assert "Significance above a permutation null" in md and "19 draws" in md
+    assert "* significant" in md
 
 
 def test_overrides_change_n_k_and_models(first_run: Path) -> None:

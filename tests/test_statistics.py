@@ -30,7 +30,7 @@ def test_permutation_null_separates_related_from_independent():
         assert res.draws.shape == (19, 3, 3)
         assert res.p_value[0, 1] == pytest.approx(1 / 20)  # a ~ b: no permutation comes close
         assert res.significant(0.05)[0, 1]
-        assert np.isnan(np.diag(res.p_value)).all()
+        np.testing.assert_allclose(np.diag(res.p_value), 1 / 20)  # a model against its own shuffled copy
         independent += [res.p_value[0, 2], res.p_value[1, 2], res.p_value[2, 0], res.p_value[2, 1]]
     # independent pairs look like their null: p-values spread over (0, 1], not piled at the minimum
     assert np.median(independent) > 0.2, independent
@@ -44,6 +44,18 @@ def test_draws_are_seeded_per_index():
     np.testing.assert_array_equal(first.draws, again.draws)
     other = permutation_null(_study(40), draws=3, rows=30, seed=6, metrics=("dcor",))["dcor"]
     assert not np.array_equal(first.draws, other.draws)
+
+
+def test_batching_the_draws_does_not_change_them():
+    kwargs = {"draws": 4, "rows": 30, "seed": 2, **SWEEP}
+    one = permutation_null(_study(40), draws_per_sweep=1, **kwargs)
+    three = permutation_null(_study(40), draws_per_sweep=3, **kwargs)
+    for name in ("dcor", "information_imbalance", "cknna"):
+        np.testing.assert_allclose(three[name].draws, one[name].draws, rtol=1e-12, atol=1e-15, err_msg=name)
+    with pytest.raises(ValueError, match="`draws_per_sweep`"):
+        permutation_null(_study(20), draws_per_sweep=0)
+    with pytest.raises(ValueError, match="`between`"):
+        permutation_null(_study(20), between=(["a"], ["b"]))
 
 
 def test_bootstrap_intervals_shrink_with_rows():

@@ -211,14 +211,14 @@ def test_sigkill_resumes_without_recomputing_finished_units(tmp_path, reference)
     assert not (tmp_path / "killed.npz").exists()
     finished = {p.name: p.stat().st_ino for p in journal.glob("*.npz")}
     passes = [name for name in finished if name.startswith("pass-")]
-    assert len(passes) == 2 and len(finished) == 2 + 3  # two pass units and the three models' graphs
+    assert len(passes) == 2 and len(finished) == 2 + 3 + 1  # two pass units, the three models' graphs, the pairs
     assert not list(journal.glob(".*tmp*"))  # no half-written file left behind
 
     code, out = _wait(_run_worker(tmp_path, "resume", str(tmp_path / "resumed.npz"), str(journal)))
     assert code == 0, out
     for name, inode in finished.items():  # a recomputed unit would have been renamed into place: a new inode
         assert (journal / name).stat().st_ino == inode, name
-    assert len(Journal(journal).units()) == 3 + 4  # every pass unit of N = 70 rows by 20, now finished
+    assert len(Journal(journal).units()) == 3 + 1 + 4  # every pass unit of N = 70 rows by 20, now finished
     _same(dict(np.load(tmp_path / "resumed.npz")), reference)
     np.testing.assert_array_equal(np.load(tmp_path / "resumed.npz")["dcor"], reference["dcor"])
 
@@ -229,5 +229,44 @@ def test_journal_units_are_keyed_by_content(tmp_path):
     units = Journal(tmp_path).units()
     changed = {**feats, "offset": feats["offset"] * 2 + 1}  # dCor is invariant: same values, new content
     again = pairwise_matrices(changed, metrics=("dcor",), journal=tmp_path, unit_rows=20)
-    assert len(Journal(tmp_path).units()) == 2 * len(units)  # nothing of the first data reused
+    assert len(Journal(tmp_path).units()) == 2 * len(units)  # the changed model makes every unit new
     np.testing.assert_allclose(again["dcor"], first["dcor"], rtol=1e-5)
+
+
+def test_between_computes_the_cells_of_two_groups(swept64):
+    feats, full = swept64
+    with jax.enable_x64(True):
+        got = _sweep(feats, between=(["offset"], ["mlip0", "duplicates"]))
+    cells = np.zeros((4, 4), bool)
+    cells[1, [0, 3]] = cells[[0, 3], 1] = True  # offset is model 1
+    for name in NAMES:
+        np.testing.assert_allclose(got[name][cells], full[name][cells], rtol=1e-12, atol=1e-14, err_msg=name)
+        assert np.isnan(got[name][~cells]).all(), name
+    with pytest.raises(ValueError, match=r"`between\[1\]`"):
+        pairwise_matrices(feats, between=(["offset"], ["svcca"]))
+    with pytest.raises(ValueError, match="`between`"):
+        pairwise_matrices(feats, between=["offset"])
+
+
+def test_a_changed_model_set_computes_only_the_new_rows_and_columns(tmp_path, swept64, monkeypatch):
+    import jaxalign.sweep as sweep
+
+    feats, full = swept64
+    names = list(feats)
+    with jax.enable_x64(True):
+        _sweep({k: feats[k] for k in names[:3]}, journal=tmp_path)  # three models first
+        seen = []
+        real = sweep._pass_unit
+        monkeypatch.setattr(sweep, "_pass_unit", lambda *a, **kw: seen.append(kw["cells"]) or real(*a, **kw))
+        spied = sweep._pair_matrices
+        monkeypatch.setattr(sweep, "_pair_matrices", lambda *a: seen.append(a[2]) or spied(*a))
+        got = _sweep(feats, journal=tmp_path)  # then the fourth joins
+    assert seen and all(c.left == (3,) and c.right == (0, 1, 2, 3) for c in seen)  # only its row and column
+    for name in NAMES:
+        np.testing.assert_allclose(got[name], full[name], rtol=1e-10, atol=1e-12, err_msg=name)
+    seen.clear()
+    with jax.enable_x64(True):
+        sub = _sweep({k: feats[k] for k in names[1:]}, journal=tmp_path)  # a subset: all of it from the journal
+    assert seen == []
+    for name in NAMES:
+        np.testing.assert_allclose(sub[name], full[name][1:, 1:], rtol=1e-10, atol=1e-12, err_msg=name)
