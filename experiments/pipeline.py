@@ -46,8 +46,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _setup_jax(cache_dir: Path, cfg: Mapping[str, Any]) -> None:
-    """Persistent XLA compilation cache under the cache directory (a rerun compiles nothing either)."""
+    """Persistent XLA compilation cache under the cache directory (a rerun compiles nothing either); with
+    ``distributed``, one jax process per host (:func:`jax.distributed.initialize`)."""
     import jax
+
+    dist = cfg.get("distributed") or False
+    if dist is not False and not jax.distributed.is_initialized():
+        if dist is True:
+            jax.distributed.initialize()
+        elif isinstance(dist, Mapping):
+            jax.distributed.initialize(**dict(dist))
+        else:
+            raise ValueError(f"distributed must be false, true or a mapping of jax.distributed.initialize's "
+                             f"arguments, got {dist!r}.")
 
     where = cfg.get("jax_compilation_cache", True)
     if where:
