@@ -338,20 +338,28 @@ NULL_METRICS = {"cknna": "cknna", "mutual_knn": "mutual_knn", "cka": "cka", "unb
 
 def significance(ctx: Context, mats: Mapping[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
     """Which cells of the matrices exceed chance: :func:`jaxalign.statistics.permutation_null` (config
-    ``significance``: ``draws`` permutations on a seeded subsample of ``rows`` structures, level ``alpha``) for CKNNA at
-    the main k, mutual kNN, CKA, unbiased CKA, dCor and information imbalance at every configured k. Returns the
-    subsample size, draws, alpha and per matrix key the (M, M) p-values, null means and standard deviations (on the
-    subsample; the observed values there too), cached as .npz."""
+    ``significance``: ``draws`` permutations on a seeded subsample of ``rows`` structures, level ``alpha``) for the
+    configured ``metrics`` — CKNNA at the main k, mutual kNN, CKA, unbiased CKA, dCor, and information imbalance at
+    every configured k when listed (off by default: its exact rank bands on duplicated fingerprints make each draw
+    ~10x dearer). Returns the subsample size, draws, alpha and per matrix key the (M, M) p-values, null means and
+    standard deviations (on the subsample; the observed values there too), cached as .npz."""
     from jaxalign.statistics import permutation_null
 
     cfg = ctx.cfg.get("significance") or {}
     draws, alpha, seed = int(cfg.get("draws", 49)), float(cfg.get("alpha", 0.05)), int(cfg.get("seed", 0))
     rows = min(int(cfg.get("rows", 1000)), ctx.n)
-    ii_ks = [k for k in mats["ii_k"] if k <= rows - 1]
+    wanted = [str(name) for name in cfg.get("metrics", list(NULL_METRICS))]
+    unknown = [name for name in wanted if name not in (*NULL_METRICS, "information_imbalance")]
+    if unknown:
+        raise ValueError(f"analysis.significance.metrics has unknown {unknown}; choose from "
+                         f"{[*NULL_METRICS, 'information_imbalance']}.")
+    null_metrics = tuple(name for name in NULL_METRICS if name in wanted)
+    ii_ks = [k for k in mats["ii_k"] if k <= rows - 1] if "information_imbalance" in wanted else []
     k = min(int(mats["cknna_k_main"]), rows - 2)
     k_mutual = min(int((ctx.cfg.get("mutual_knn") or {}).get("k", 25)), rows - 1)
     exponent = float((ctx.cfg.get("dcor") or {}).get("exponent", 1.0))
-    params = {"draws": draws, "rows": rows, "seed": seed, "k": k, "mutual": k_mutual, "ii": ii_ks, "p": exponent}
+    params = {"draws": draws, "rows": rows, "seed": seed, "k": k, "mutual": k_mutual, "ii": ii_ks, "p": exponent,
+              "metrics": list(null_metrics)}  # fmt: skip
     path = ctx.root / f"significance-{ctx.key('significance', params)}.npz"
     if path.exists():
         stored = read_npz(path)
@@ -366,14 +374,15 @@ def significance(ctx: Context, mats: Mapping[str, Any], entry: dict[str, Any]) -
             draws=draws,
             rows=rows,
             seed=seed,
-            metrics=tuple(NULL_METRICS) + (("information_imbalance",) if ii_ks else ()),
+            metrics=null_metrics + (("information_imbalance",) if ii_ks else ()),
             k=k,
             mutual_k=k_mutual,
             ii_k=ii_ks or (1,),
             exponent=exponent,
             progress=progress,
         )
-        keys = {**NULL_METRICS, **{f"information_imbalance@{kk}": f"ii@{kk}" for kk in ii_ks}}
+        keys = {name: NULL_METRICS[name] for name in null_metrics}
+        keys.update({f"information_imbalance@{kk}": f"ii@{kk}" for kk in ii_ks})
         stored = {}
         for name, key in keys.items():
             res = null[name]
