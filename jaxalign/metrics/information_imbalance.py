@@ -43,7 +43,6 @@ from jaxalign import _double_float as df
 from jaxalign._checks import as_features, check_k, check_same_n, check_variance
 from jaxalign._exact import (
     ENTRY_CHUNK,
-    ROW_CHUNK,
     exact_top_k,
     expanded_bound,
     expanded_frame,
@@ -58,6 +57,9 @@ __all__ = ["COUNT_UP_TO_K", "information_imbalance"]
 #: among the k sorted targets. On CPU the count wins below k ≈ 64 (N = 4000-10000, tile 256-512); sorting whole rows
 #: was ~20x slower than either at k = 32.
 COUNT_UP_TO_K = 64
+#: Bands of more than two (ties, duplicated rows) are decided BAND_WINDOW members at a time, WALK_CHUNK rows at once.
+BAND_WINDOW = 32
+WALK_CHUNK = 8
 
 
 def _band_reduce(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
@@ -122,7 +124,8 @@ def _exact_ranks(
 
     Points certainly closer are counted from the block; the band within 2·bound of the target (the target itself
     included) is decided by double-float distances from the uncentred ``data``. A band of two is named by its index
-    sum; larger ones are walked from both ends, two members per pass over the row.
+    sum; the union of a row's larger bands is packed to the front of the row and each member decided once against
+    every target whose band holds it, BAND_WINDOW members at a time.
     With ``exact`` (lattice data) the block is exact and the band holds only genuine ties, which do not count.
     """
     t, k = targets.shape
@@ -150,31 +153,48 @@ def _exact_ranks(
     correction = for_each_true(pairs, ENTRY_CHUNK, named, jnp.zeros((t, k), jnp.int32))
     cols = jnp.arange(n, dtype=jnp.int32)
 
+    width = -(-n // BAND_WINDOW) * BAND_WINDOW
+    big = ambiguous & ~pairs
+
     def walked(p: jax.Array, correction: jax.Array) -> jax.Array:
-        r, m = jnp.minimum(p // k, t - 1), p % k
-        tv, e = target[r, m][:, None], 2 * bound[r][:, None]
-        inside = (dist[r] >= tv - e) & (dist[r] <= tv + e)
+        """Rows p with bands of more than two: the union of their bands is packed to the front of the row once and
+        each member's double-float distance is computed once, then compared with every target whose band holds it
+        (tied targets share one band: e.g. a fingerprint's many equidistant structures)."""
+        r = jnp.minimum(p, t - 1)
+        e = 2 * bound[r][:, None]
+        need = big[r]  # (B, k)
+        tv = jnp.where(need, target[r], jnp.inf)
+        row = dist[r]  # (B, N)
+        # in some needed band: the nearest needed target (sorted, binary-searched) is within the band's half-width
+        edges = jnp.sort(tv, axis=1)
+        at = jax.vmap(jnp.searchsorted)(edges, row)
+        near = jnp.minimum(
+            jnp.abs(row - jnp.take_along_axis(edges, jnp.clip(at, 0, k - 1), 1)),
+            jnp.abs(row - jnp.take_along_axis(edges, jnp.clip(at - 1, 0, k - 1), 1)),
+        )
+        inside = near <= 2 * e  # a superset of the bands (rounding of the differences); each band is tested below
+        slot = jnp.where(inside, jnp.cumsum(inside, axis=1, dtype=jnp.int32) - 1, width)
+        lanes = jnp.arange(r.shape[0])[:, None]
+        members = jnp.zeros((r.shape[0], width), jnp.int32).at[lanes, slot].set(cols[None, :], mode="drop")
+        size = inside.sum(1, dtype=jnp.int32)
+        goal = row_key(r, targets[r])  # (B, k): the targets' own double-float distances
 
-        def ends(state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-            low, high, seen, closer = state  # members with index in (low, high) are still to be seen
-            left = inside & (cols > low[:, None]) & (cols < high[:, None])
-            parts = (jnp.where(left, cols, n), jnp.where(left, cols, -1))
-            mn, mx = jax.lax.reduce(parts, (jnp.int32(n), jnp.int32(-1)), _min_max, (1,))
-            found = jnp.stack([mn < n, (mx >= 0) & (mx != mn)], 1)
-            closer = closer + closer_than_target(r, m, jnp.clip(jnp.stack([mn, mx], 1), 0, n - 1), found)
-            return mn, mx, seen + found.sum(1, dtype=jnp.int32), closer
+        def window(i: jax.Array, closer: jax.Array) -> jax.Array:
+            others = jax.lax.dynamic_slice_in_dim(members, i * BAND_WINDOW, BAND_WINDOW, axis=1)
+            valid = (i * BAND_WINDOW + jnp.arange(BAND_WINDOW))[None, :] < size[:, None]
+            hi, lo = row_key(r, others)  # (B, W)
+            d = jnp.take_along_axis(row, others, 1)[:, :, None]
+            lower, upper = tv[:, None, :] - e[:, :, None], tv[:, None, :] + e[:, :, None]  # as _band_counts
+            in_band = valid[:, :, None] & (d >= lower) & (d <= upper)
+            less = df.less((hi[:, :, None], lo[:, :, None]), (goal[0][:, None, :], goal[1][:, None, :]))
+            return closer + (in_band & less).sum(1, dtype=jnp.int32)
 
-        start = (jnp.full(r.shape, -1, jnp.int32), jnp.full(r.shape, n, jnp.int32))
-        start += (jnp.zeros(r.shape, jnp.int32), jnp.zeros(r.shape, jnp.int32))
-        closer = jax.lax.while_loop(lambda s: (s[2] < band[r, m]).any(), ends, start)[3]
-        return correction.reshape(-1).at[p].set(closer, mode="drop").reshape(t, k)
+        steps = -(-size.max() // BAND_WINDOW)
+        closer = jax.lax.fori_loop(0, steps, window, jnp.zeros((r.shape[0], k), jnp.int32))
+        return correction.at[p].set(jnp.where(need, closer, correction[r]), mode="drop")
 
-    correction = for_each_true(ambiguous & ~pairs, ROW_CHUNK, walked, correction)
+    correction = for_each_true(big.any(1), WALK_CHUNK, walked, correction)
     return 1 + below + correction
-
-
-def _min_max(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    return jnp.minimum(a[0], b[0]), jnp.maximum(a[1], b[1])
 
 
 def _rank_sums_tile(
