@@ -340,8 +340,8 @@ def significance(ctx: Context, mats: Mapping[str, Any], entry: dict[str, Any]) -
     """Which cells of the matrices exceed chance: :func:`jaxalign.statistics.permutation_null` (config
     ``significance``: ``draws`` permutations on a seeded subsample of ``rows`` structures, level ``alpha``) for the
     configured ``metrics`` — CKNNA at the main k, mutual kNN, CKA, unbiased CKA, dCor, and information imbalance at
-    every configured k when listed (off by default: its exact rank bands on duplicated fingerprints make each draw
-    ~10x dearer). Returns the subsample size, draws, alpha and per matrix key the (M, M) p-values, null means and
+    every configured k when listed (on in ``analysis=paper``; off by default, where the exact rank bands of the
+    default study's fingerprints, full of equidistant structures, triple the stage's time). Returns the subsample size, draws, alpha and per matrix key the (M, M) p-values, null means and
     standard deviations (on the subsample; the observed values there too), cached as .npz."""
     from jaxalign.statistics import permutation_null
 
