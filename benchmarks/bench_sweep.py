@@ -10,12 +10,16 @@ Cases (issue 11), each printed as a markdown table:
   each stage, and the distance pass's GEMM work as a fraction of this box's measured ``jnp.dot`` rate.
 - ``devices``: the same sweep (smaller, cold: compilation included) under 1, 2 and 4 forced host devices (each in
   its own process).
+- ``null``: the permutation null of the whole metric set (M models, N rows, D draws): the batched null of
+  :func:`jaxalign.statistics.permutation_null` (shuffled copies of several draws in one sweep, only the cells between
+  originals and copies) vs one whole sweep per draw with every model shuffled (its former loop); cold and warm.
 - ``project``: the full seed-000 study (60 models x 5 datasets x N = 50,000) projected from warm per-stage times at
   two model counts (lin·M + quad·M² per stage; all-pairs stages scaled ∝ N², the rest ∝ N).
 
     python benchmarks/bench_sweep.py pairs [--m 10 --n 10000]
     python benchmarks/bench_sweep.py scale [--m 16 --n 50000]
     python benchmarks/bench_sweep.py devices [--m 8 --n 5000]
+    python benchmarks/bench_sweep.py null [--m 8 --n 2000 --draws 16]
     python benchmarks/bench_sweep.py project [--n 10000]
 """
 
@@ -187,6 +191,31 @@ def case_devices(m: int, n: int) -> list[str]:
     return rows
 
 
+def case_null(m: int, n: int, draws: int) -> list[str]:
+    from jaxalign.statistics import permutation_null
+
+    feats = study(m, n)
+    kwargs = {"metrics": METRICS, "k": K}
+
+    def batched(seed: int) -> None:
+        permutation_null(feats, draws=draws, rows=None, seed=seed, **kwargs)
+
+    def loop(seed: int) -> None:  # the former implementation: one whole sweep per draw, every model shuffled
+        pairwise_matrices(feats, **kwargs)
+        for draw in range(draws):
+            rng = np.random.default_rng([seed, draw])
+            pairwise_matrices({k: v[rng.permutation(n)] for k, v in feats.items()}, **kwargs)
+
+    rows = ["| null | M | N | draws | first s | warm s | peak MiB |", "|---|---|---|---|---|---|---|"]
+    for name, fn in (("one sweep per draw", loop), ("batched (permutation_null)", batched)):
+        first = measure(lambda fn=fn: fn(0), warmup=False)
+        warm = measure(lambda fn=fn: fn(1), warmup=False)
+        rows.append(
+            f"| {name} | {m} | {n} | {draws} | {first.seconds:.1f} | {warm.seconds:.1f} | {warm.peak_mib:.0f} |"
+        )
+    return rows
+
+
 #: How each stage grows with N: the graphs and the distance pass are all-pairs work, the rest reads N·k entries.
 N_POWER = {"graphs": 2, "distance pass": 2, "pairs": 1, "pairs and assembly": 1}
 
@@ -210,9 +239,10 @@ def case_project(n: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("case", choices=("pairs", "scale", "devices", "project"))
+    parser.add_argument("case", choices=("pairs", "scale", "devices", "null", "project"))
     parser.add_argument("--m", type=int)
     parser.add_argument("--n", type=int)
+    parser.add_argument("--draws", type=int, default=16)
     args = parser.parse_args()
     if args.case == "pairs":
         rows = case_pairs(args.m or 10, args.n or 10_000)
@@ -220,6 +250,8 @@ def main() -> None:
         rows = case_scale(args.m or 16, args.n or 50_000)
     elif args.case == "devices":
         rows = case_devices(args.m or 8, args.n or 5000)
+    elif args.case == "null":
+        rows = case_null(args.m or 8, args.n or 2000, args.draws)
     else:
         rows = case_project(args.n or 10_000)
     print("\n".join(rows))

@@ -341,8 +341,9 @@ def significance(ctx: Context, mats: Mapping[str, Any], entry: dict[str, Any]) -
     ``significance``: ``draws`` permutations on a seeded subsample of ``rows`` structures, level ``alpha``) for the
     configured ``metrics`` — CKNNA at the main k, mutual kNN, CKA, unbiased CKA, dCor, and information imbalance at
     every configured k when listed (on in ``analysis=paper``; off by default, where the exact rank bands of the
-    default study's fingerprints, full of equidistant structures, triple the stage's time). Returns the subsample size, draws, alpha and per matrix key the (M, M) p-values, null means and
-    standard deviations (on the subsample; the observed values there too), cached as .npz."""
+    default study's fingerprints, full of equidistant structures, triple the stage's time). Returns the subsample
+    size, draws, alpha and per matrix key the (M, M) p-values, null means and standard deviations (on the
+    subsample; the observed values there too), cached as .npz."""
     from jaxalign.statistics import permutation_null
 
     cfg = ctx.cfg.get("significance") or {}
