@@ -31,6 +31,10 @@ to the processes and every finished unit is broadcast to all of them, so every p
 Resuming: with ``journal=`` (a directory, :class:`jaxalign.journal.Journal`) each finished unit is written
 atomically under a name carrying the content key of its inputs; a rerun after any interruption (SIGKILL included)
 reads them and computes only the missing units, and sums them in the same order, so the matrices are identical.
+Units are named by their parameters, row range and model set; a whole-matrix sweep over another model set on the
+same rows reuses the cells of the models it shares with a journaled unit and computes only the new models' rows and
+columns (``between=(group_a, group_b)`` restricts any sweep to the cells between two groups the same way; the
+permutation null of :mod:`jaxalign.statistics` uses it for originals against shuffled copies).
 """
 
 from __future__ import annotations
