@@ -339,17 +339,16 @@ NULL_METRICS = {"cknna": "cknna", "mutual_knn": "mutual_knn", "cka": "cka", "unb
 def significance(ctx: Context, mats: Mapping[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
     """Which cells of the matrices exceed chance: :func:`jaxalign.statistics.permutation_null` (config
     ``significance``: ``draws`` permutations on a seeded subsample of ``rows`` structures, level ``alpha``) for the
-    configured ``metrics`` — CKNNA at the main k, mutual kNN, CKA, unbiased CKA, dCor, and information imbalance at
-    every configured k when listed (on in ``analysis=paper``; off by default, where the exact rank bands of the
-    default study's fingerprints, full of equidistant structures, triple the stage's time). Returns the subsample
-    size, draws, alpha and per matrix key the (M, M) p-values, null means and standard deviations (on the
-    subsample; the observed values there too), cached as .npz."""
+    configured ``metrics`` (default all) — CKNNA at the main k, mutual kNN, CKA, unbiased CKA, dCor, and information
+    imbalance at every configured k. Returns the subsample size, draws, alpha and per matrix key the (M, M)
+    p-values, null means and standard deviations (on the subsample; the observed values there too), cached as
+    .npz."""
     from jaxalign.statistics import permutation_null
 
     cfg = ctx.cfg.get("significance") or {}
     draws, alpha, seed = int(cfg.get("draws", 49)), float(cfg.get("alpha", 0.05)), int(cfg.get("seed", 0))
     rows = min(int(cfg.get("rows", 1000)), ctx.n)
-    wanted = [str(name) for name in cfg.get("metrics", list(NULL_METRICS))]
+    wanted = [str(name) for name in cfg.get("metrics", [*NULL_METRICS, "information_imbalance"])]
     unknown = [name for name in wanted if name not in (*NULL_METRICS, "information_imbalance")]
     if unknown:
         raise ValueError(f"analysis.significance.metrics has unknown {unknown}; choose from "

@@ -119,7 +119,7 @@ def test_the_permutation_null_marks_the_related_pair(first_run: Path) -> None:
         sig = {k: z[k] for k in z.files}
     names = list(sig["models"])
     a, b = names.index("chgnet-0.3.0"), names.index("chgnet-0.2.0")
-    for key in ("dcor", "cka", "cknna"):  # two versions of one potential share far more than chance
+    for key in ("dcor", "cka", "cknna", "ii@1"):  # two versions of one potential share far more than chance
         assert sig[f"{key}:p"][a, b] == pytest.approx(1 / 20), key
         assert sig[f"{key}:observed"][a, b] != sig[f"{key}:mean"][a, b]
     md = (first_run / "report.md").read_text()
