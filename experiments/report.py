@@ -184,10 +184,10 @@ def _significance_blocks(sig: Mapping[str, Any], names: Sequence[str], titles: M
         (
             "p",
             f"Each matrix below marks with * the cells whose value exceeds a permutation null at p ≤ {sig['alpha']} "
-            f"(one-sided; smaller is more aligned for Δ): {sig['draws']} draws of metric(row model, column model "
-            f"with its structures shuffled), on a seeded subsample of {sig['rows']} structures, where the observed "
-            "value is recomputed for the comparison (jaxalign.statistics.permutation_null; the smallest attainable "
-            f"p is {1 / (sig['draws'] + 1):.3f}). The diagonal compares a model with its own shuffled copy.",
+            f"(one-sided; smaller is more aligned for Δ): {sig['draws']} draws, each with every model's structures "
+            f"shuffled by a permutation of its own, on a seeded subsample of {sig['rows']} structures, where the "
+            "observed value is recomputed for the comparison (jaxalign.statistics.permutation_null; the smallest "
+            f"attainable p is {1 / (sig['draws'] + 1):.3f}). The diagonal (a model against itself) is not tested.",
         ),
     ]
     rows = []
