@@ -351,8 +351,10 @@ def significance(ctx: Context, mats: Mapping[str, Any], entry: dict[str, Any]) -
     wanted = [str(name) for name in cfg.get("metrics", [*NULL_METRICS, "information_imbalance"])]
     unknown = [name for name in wanted if name not in (*NULL_METRICS, "information_imbalance")]
     if unknown:
-        raise ValueError(f"analysis.significance.metrics has unknown {unknown}; choose from "
-                         f"{[*NULL_METRICS, 'information_imbalance']}.")
+        raise ValueError(
+            f"analysis.significance.metrics has unknown {unknown}; choose from "
+            f"{[*NULL_METRICS, 'information_imbalance']}."
+        )
     null_metrics = tuple(name for name in NULL_METRICS if name in wanted)
     ii_ks = [k for k in mats["ii_k"] if k <= rows - 1] if "information_imbalance" in wanted else []
     k = min(int(mats["cknna_k_main"]), rows - 2)

@@ -45,9 +45,11 @@ __all__ = ["run_pipeline"]
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _setup_jax(cache_dir: Path, cfg: Mapping[str, Any]) -> None:
+def _setup_jax(cache_dir: Path, cfg: Mapping[str, Any]) -> int:
     """Persistent XLA compilation cache under the cache directory (a rerun compiles nothing either); with
-    ``distributed``, one jax process per host (:func:`jax.distributed.initialize`)."""
+    ``distributed``, one jax process per host (:func:`jax.distributed.initialize`). Returns this process's index:
+    every process runs the stages up to the sweeps (matrices, significance), whose work units they share; process 0
+    alone goes on to the rest and writes the run directory."""
     import jax
 
     dist = cfg.get("distributed") or False
@@ -57,14 +59,16 @@ def _setup_jax(cache_dir: Path, cfg: Mapping[str, Any]) -> None:
         elif isinstance(dist, Mapping):
             jax.distributed.initialize(**dict(dist))
         else:
-            raise ValueError(f"distributed must be false, true or a mapping of jax.distributed.initialize's "
-                             f"arguments, got {dist!r}.")
+            raise ValueError(
+                f"distributed must be false, true or a mapping of jax.distributed.initialize's arguments, got {dist!r}."
+            )
 
     where = cfg.get("jax_compilation_cache", True)
     if where:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir / "xla" if where is True else Path(where)))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return jax.process_index()
 
 
 def _digest(obj: Any) -> str:
@@ -204,7 +208,9 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
     stop_after = debug.get("stop_after")
     if stop_after not in (None, "dataset", "extraction"):
         raise ValueError(f"debug.stop_after must be null, 'dataset' or 'extraction', got {stop_after!r}.")
-    _setup_jax(cache_dir, cfg)
+    rank = _setup_jax(cache_dir, cfg)
+    if rank:  # under jax.distributed only process 0 writes the run's results; the others log beside them
+        run_dir = ensure_writable(run_dir / f"process{rank}", "set hydra.run.dir= to a writable directory")
     log = StageLog(run_dir / "stage_log.jsonl")
     dog = Watchdog(WatchdogConfig.from_mapping(cfg.get("watchdog")), dump_path=run_dir / "watchdog_stacks.txt")
     stage = functools.partial(_stage, log, dog)
@@ -243,6 +249,8 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         e["summary"] = f"N = {aligned.n} common structures; " + e["summary"]
     with stage("significance") as e:
         sig = analysis.significance(ctx, mats, e)
+    if rank:  # the sweeps above are the stages the processes share; process 0 does the rest
+        return {"process": rank, "matrices": mats, "significance": sig}
     with stage("intrinsic_dimension") as e:
         ids = analysis.intrinsic_dimensions(ctx, e)
     with stage("reconstruction") as e:

@@ -246,9 +246,20 @@ def create(
 ) -> Path:
     """Create ``family``'s environment (unless a finished one built from the current spec exists and ``force`` is
     false); return its interpreter. ``extra``: further requirements. Raises RuntimeError with pip's error when an
-    install fails."""
-    env = spec(family, extra)
+    install fails. Processes creating the same environment at once (parallel test workers, two app runs) take turns
+    on a lock beside it: the second finds the first's finished environment."""
+    from extractors.faults import exclusive_lock
+
     directory = env_dir(family, root)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(directory.parent / f".{directory.name}.lock", wait=True):
+        return _create(family, directory, root, force=force, quiet=quiet, extra=extra)
+
+
+def _create(
+    family: str, directory: Path, root: str | os.PathLike | None, *, force: bool, quiet: bool, extra: Sequence[str]
+) -> Path:
+    env = spec(family, extra)
     if not force and is_current(family, root, extra):
         return _python_in(directory)
     if directory.exists():

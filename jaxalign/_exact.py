@@ -222,6 +222,7 @@ def exact_top_k(
     metric: str,
     exclude_self: bool,
     ordered: bool = True,
+    scale: jax.Array | float = 1.0,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The exact k best reference points of each query row, from a fast (t, n) score block, larger = closer.
 
@@ -233,6 +234,8 @@ def exact_top_k(
       k: neighbours wanted; metric: ``"ip"`` (key x·y) or ``"euclidean"`` (key −‖x − y‖²).
       exclude_self: the point itself is excluded (one fewer reference point available).
       ordered: also decide the order inside the top k exactly (else only the set).
+      scale: a power of two the keys' rows are multiplied by as they are gathered (the rows the block was computed
+        from, exactly, without a scaled copy of ``reference``); the keys are in the scaled units.
 
     Returns:
       ``(indices, keys, keyed)``, each (t, k): int32 indices, best first (genuine ties, equal exact keys, by lower
@@ -259,7 +262,7 @@ def exact_top_k(
 
         def decide(p: jax.Array, keys: jax.Array) -> jax.Array:
             r, j = jnp.minimum(p // kc, t - 1), p % kc
-            new = jnp.stack(_pair_key(queries[r], reference[cand[r, j]], metric), -1)
+            new = jnp.stack(_pair_key(queries[r] * scale, reference[cand[r, j]] * scale, metric), -1)
             return keys.reshape(-1, 2).at[p].set(new, mode="drop").reshape(t, kc, 2)
 
         start = jnp.stack([cand_score, jnp.zeros_like(cand_score)], -1)  # (hi, lo) of each candidate's key
@@ -279,7 +282,7 @@ def exact_top_k(
 
     def search(p: jax.Array, state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         r = jnp.minimum(p, t - 1)
-        srow, q = score[r], queries[r][:, None, :]
+        srow, q = score[r], queries[r][:, None, :] * scale
         floor = cand_score[r, k - 1] - 2 * bound[r]  # below it no point can be in the top k
 
         def step(carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
@@ -287,7 +290,7 @@ def exact_top_k(
             # the next window of scores, in lax.top_k's order (descending, equal scores by index)
             seen = (srow > last_score[:, None]) | ((srow == last_score[:, None]) & (cols <= last_col[:, None]))
             w_score, w_idx = _partial_top_k(jnp.where(seen, -jnp.inf, srow), window, last_col[0] < 0)
-            h, low = _pair_key(q, reference[w_idx], metric)
+            h, low = _pair_key(q, reference[w_idx] * scale, metric)
             h, low = jnp.where(w_score > -jnp.inf, h, -jnp.inf), jnp.where(w_score > -jnp.inf, low, 0)
             merged = (
                 jnp.concatenate(pair, 1) for pair in zip((best_hi, best_lo, best_idx), (h, low, w_idx), strict=True)

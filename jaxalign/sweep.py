@@ -4,8 +4,8 @@
 mutual kNN, CKA, unbiased CKA, distance correlation and information imbalance (row → column), each equal to the
 pairwise public function on the same inputs. It works per model and per pass over row tiles, never per pair:
 
-1. **Graphs** (one unit per model): the inner-product kNN graph (CKNNA, mutual kNN) and the Euclidean one
-   (information imbalance), from the exact engine :func:`jaxalign.knn`.
+1. **Graphs** (one unit per model): the inner-product kNN graph (CKNNA, mutual kNN), from the exact engine
+   :func:`jaxalign.knn`.
 2. **Features** (no N x N work): linear CKA and unbiased CKA from each model's unit-scale features — one
    (d_a x N)·(N x Σ_b d_b) product per model gives every pair's XᵀY — and CKNNA / mutual kNN from the graphs
    (O(N·k) per pair; CKNNA's float32 kernel entries are built once per model, as :func:`~jaxalign.metrics.cknna`
@@ -16,8 +16,9 @@ pairwise public function on the same inputs. It works per model and per pass ove
    - dCor: the shifted distance powers a'_ij = ‖x_i − x_j‖^p − c of every model are flattened and their Gram
      matrix — one (M x tile·N)·(tile·N x M) product — adds Σ_ij a'_ij b'_ij to every pair at once; row sums and
      Σ a'² come with it (:func:`jaxalign.metrics.dcor.dcor_from_totals` finishes);
-   - information imbalance: every model's Euclidean neighbours of the tile's rows are ranked in every model's block
-     at once, as threshold counts against that block (the exact counts of
+   - information imbalance: every model's Euclidean neighbours of the tile's rows are taken from its own block (the
+     engine's certified top-k, :func:`jaxalign._exact.exact_top_k`: no second N² search per model) and ranked in
+     every model's block at once, as threshold counts against that block (the exact counts of
      :mod:`jaxalign.metrics.information_imbalance`: certain counts from the block, the round-off band decided in
      double-float), for every k of ``ii_k`` from one set of counts.
 
@@ -42,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -52,7 +53,7 @@ from jax.sharding import Mesh
 
 from jaxalign import _double_float as df
 from jaxalign._checks import as_features, check_k, check_variance
-from jaxalign._exact import exact_rescale, expanded_bound, expanded_frame
+from jaxalign._exact import exact_rescale, exact_top_k, expanded_bound, expanded_frame
 from jaxalign.journal import Journal, content_key
 from jaxalign.metrics.cknna import _cross_entries, _feature_side, _graph_entries, _hsic, _self_entries, cknna
 from jaxalign.metrics.dcor import (
@@ -364,7 +365,6 @@ def _pass_tile(
     rows: jax.Array,
     valid: jax.Array,
     spaces: tuple[_Space, ...],
-    neighbours: jax.Array,
     start: jax.Array,
     *,
     length: int,
@@ -409,7 +409,16 @@ def _pass_tile(
     if ii_k:
         kmax = ii_k[-1]
         zero = jnp.zeros((m, len(ii_k)), dtype)
-        near_all = neighbours[:, rows, :kmax]  # (M, tile, k): every source's neighbours of the tile's rows
+        dists, bounds, near = {}, {}, {}
+        for i in used:  # every model's exact Euclidean neighbours of the tile's rows, from its own block
+            space = spaces[i]
+            dists[i] = jnp.where(diag, jnp.inf, blocks[i])
+            d = space.data.shape[1]
+            bounds[i] = jnp.where(space.exact, 0.0, expanded_bound(space.norm[rows], space.norm.max(), d, "sq"))
+            near[i] = exact_top_k(
+                -dists[i], bounds[i], space.data[rows], space.data, space.exact, k=kmax, metric="euclidean",
+                exclude_self=True, ordered=len(ii_k) > 1, scale=space.scale,
+            )[0]  # fmt: skip
         near_of: dict[tuple[int, ...], jax.Array] = {}
         totals_hi, totals_lo = [], []
         for target in range(m):
@@ -418,16 +427,14 @@ def _pass_tile(
                 totals_hi.append(zero)
                 totals_lo.append(zero)
                 continue
-            space, block = spaces[target], blocks[target]
+            space = spaces[target]
             if sources not in near_of:
-                picked = near_all if len(sources) == m else near_all[jnp.asarray(sources)]
-                near_of[sources] = picked.transpose(1, 0, 2).reshape(t, len(sources) * kmax)
-            near = near_of[sources]
-            dist = jnp.where(diag, jnp.inf, block)
-            d = space.data.shape[1]
-            bound = jnp.where(space.exact, 0.0, expanded_bound(space.norm[rows], space.norm.max(), d, "sq"))
+                near_of[sources] = jnp.stack([near[s] for s in sources], 1).reshape(t, len(sources) * kmax)
             search = len(sources) * kmax > COUNT_UP_TO_K
-            ranks = _exact_ranks(dist, bound, near, rows, space.data, space.exact, search=search, scale=space.scale)
+            ranks = _exact_ranks(
+                dists[target], bounds[target], near_of[sources], rows, space.data, space.exact, search=search,
+                scale=space.scale,
+            )  # fmt: skip
             upto = jnp.cumsum(ranks.reshape(t, len(sources), kmax), axis=2)[:, :, jnp.asarray(ii_k) - 1]
             hi, lo = exact_count_sum(jnp.where(valid[:, None, None], upto, 0), 0, dtype)
             totals_hi.append(zero.at[jnp.asarray(sources)].set(hi))
@@ -440,7 +447,6 @@ def _pass_tile(
 def _pass_unit(
     rows: jax.Array,
     spaces: tuple[_Space, ...],
-    neighbours: jax.Array,
     start: jax.Array,
     *,
     length: int,
@@ -452,7 +458,7 @@ def _pass_unit(
     mesh: Mesh | None,
 ) -> dict:
     fn = functools.partial(_pass_tile, length=length, exponent=exponent, ii_k=ii_k, dcor=dcor, cells=cells)
-    return sum_row_tiles(fn, rows, spaces, neighbours, start, tile=tile, mesh=mesh, combine=_dd_combine)
+    return sum_row_tiles(fn, rows, spaces, start, tile=tile, mesh=mesh, combine=_dd_combine)
 
 
 def _pass_tile_size(n: int, m: int, n_dev: int, tile: int | None) -> int:
@@ -566,29 +572,17 @@ def pairwise_matrices(
 
     # 1. graphs, one unit per model
     ip_k = max([*ks, mutual_k] if ("cknna" in metrics or "mutual_knn" in metrics) else [0])
-    eu_k = iik[-1] if iik else 0
 
     def graph_unit(i: int) -> dict[str, np.ndarray]:
-        arrays_out = {}
-        if ip_k:
-            g = knn(arrays[i], ip_k, metric="ip", mesh=mesh)
-            arrays_out.update(ip_i=g.indices, ip_v=g.values)
-        if eu_k:
-            g = knn(arrays[i], eu_k, metric="euclidean", mesh=mesh)
-            arrays_out.update(eu_i=g.indices)
-        return arrays_out
+        g = knn(arrays[i], ip_k, metric="ip", mesh=mesh)
+        return {"ip_i": g.indices, "ip_v": g.values}
 
     def graph_shapes(i: int) -> dict[str, jax.ShapeDtypeStruct]:
-        shapes = {}
-        if ip_k:
-            shapes.update(ip_i=_shape((n, ip_k), jnp.int32), ip_v=_shape((n, ip_k), arrays[i].dtype))
-        if eu_k:
-            shapes.update(eu_i=_shape((n, eu_k), jnp.int32))
-        return shapes
+        return {"ip_i": _shape((n, ip_k), jnp.int32), "ip_v": _shape((n, ip_k), arrays[i].dtype)}
 
     graphs = []
-    if ip_k or eu_k:
-        key = content_key("graphs", {**base, "ip": ip_k, "eu": eu_k})
+    if ip_k:
+        key = content_key("graphs", {**base, "ip": ip_k})
         graphs = units.run("graphs", [f"graph-{d}-{key}" for d in digests], graph_unit, graph_shapes)
 
     # 2. pairs from features and graphs (one unit: cheap next to the graphs and the pass)
@@ -618,9 +612,7 @@ def pairwise_matrices(
     # 3. the distance pass
     dcor = "dcor" in metrics
     if dcor or iik:
-        out.update(
-            _distance_pass(arrays, graphs, digests, base, units, cells, dcor, iik, exponent, tile, unit_rows, mesh)
-        )
+        out.update(_distance_pass(arrays, digests, base, units, cells, dcor, iik, exponent, tile, unit_rows, mesh))
     if iik:
         out["information_imbalance"] = out[f"information_imbalance@{check_k(_as_tuple(ii_k)[0], n, 'ii_k')}"]
     return out
@@ -661,9 +653,9 @@ def _pair_matrices(
         dtype = jnp.result_type(*[r["ip_v"].dtype for r in graphs])
         batch = max(1, min(m, (1 << 22) // max(1, n * mutual_k)))
         mat = np.full((m, m), np.nan)
-        for a in used:
-            cols = np.flatnonzero(mask[a])
-            mat[a, cols] = np.asarray(_mutual_row(stacked[a], stacked[cols], dtype=dtype, batch=batch), np.float64)
+        for a, part, take in _upper_chunks(mask, batch):
+            row = np.asarray(_mutual_row(stacked[a], stacked[take], dtype=dtype, batch=batch), np.float64)
+            mat[a, part] = mat[part, a] = row[: len(part)]
         out["mutual_knn"] = mat
     for kk in ks:
         out[f"cknna@{kk}"] = _cknna_matrix(arrays, graphs, kk, mask, mesh)
@@ -709,11 +701,23 @@ def _pick(tree: Any, take: jax.Array) -> Any:
     return jax.tree_util.tree_map(lambda v: v[take], tree)
 
 
+def _upper_chunks(mask: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray, jax.Array]]:
+    """(a, columns, take) for the cells (a, b ≥ a) of a symmetric ``mask``, ``chunk`` columns at a time: each
+    unordered pair once, for metrics symmetric in their two models; ``take`` is the columns padded to ``chunk`` with
+    the last one (one compiled shape for every call)."""
+    for a in range(mask.shape[0]):
+        cols = np.flatnonzero(mask[a, a:]) + a
+        for s in range(0, cols.size, chunk):
+            part = cols[s : s + chunk]
+            yield a, part, jnp.asarray(np.concatenate([part, np.repeat(part[-1:], chunk - part.size)]))
+
+
 def _cknna_matrix(
     arrays: list[jax.Array], graphs: list[dict], k: int, mask: np.ndarray, mesh: Mesh | None
 ) -> np.ndarray:
     """CKNNA at k for every ordered pair of ``mask``, as :func:`~jaxalign.metrics.cknna` computes it: kernel entries
-    and sim(K, K) once per model, the cross HSIC per pair (batched over the column models)."""
+    and sim(K, K) once per model, the cross HSIC per pair (batched over the column models). Both directions: the
+    kNN-masked kernels are not symmetric, so CKNNA(A, B) ≠ CKNNA(B, A) in general."""
     m, n = len(arrays), arrays[0].shape[0]
     mat = np.full((m, m), np.nan)
     if 2 * k > n - 1:  # dense masks or k = N − 1: the pairwise function's own expansions, per pair
@@ -764,7 +768,6 @@ def _ratio_units(sim: jax.Array, self_a: jax.Array, self_b: jax.Array, units: tu
 
 def _distance_pass(
     arrays: list[jax.Array],
-    graphs: list[dict],
     digests: list[str],
     base: dict,
     units: _Units,
@@ -788,10 +791,6 @@ def _distance_pass(
     unit_rows = max(1, min(int(unit_rows), n))
     starts = list(range(0, n, unit_rows))
     spaces = tuple(_prepare(x, exponent=exponent) for x in arrays)
-    kmax = ii_k[-1] if ii_k else 0
-    neighbours = (
-        jnp.stack([jnp.asarray(r["eu_i"][:, :kmax]) for r in graphs]) if ii_k else jnp.zeros((m, n, 0), jnp.int32)
-    )
     params = content_key(
         "distance-pass",
         {**base, "dcor": dcor, "exponent": exponent, "ii_k": list(ii_k), "unit_rows": unit_rows},
@@ -805,7 +804,6 @@ def _distance_pass(
         part = _pass_unit(
             jnp.arange(begin, stop, dtype=jnp.int32),
             spaces,
-            neighbours,
             jnp.int32(begin),
             length=stop - begin,
             exponent=exponent,

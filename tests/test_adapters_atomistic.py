@@ -168,7 +168,20 @@ def test_family_in_its_environment(family):
             f"{family}` (or set {envs.ENV_VAR})"
         )
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [str(python), "-m", "pytest", str(Path(__file__)), "-q", "-x", "-p", "no:cacheprovider", "--noconftest"]
+    # -o addopts=: the family environment has no pytest-xdist (the main run's -n 2 is not for it)
+    cmd = [
+        str(python),
+        "-m",
+        "pytest",
+        str(Path(__file__)),
+        "-q",
+        "-x",
+        "-p",
+        "no:cacheprovider",
+        "--noconftest",
+        "-o",
+        "addopts=",
+    ]
     done = subprocess.run(
         [*cmd, "-k", f"test_inner_{family}_"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
     )

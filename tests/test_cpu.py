@@ -114,7 +114,10 @@ def test_compiled_programs_stay_within_the_allowed_memory_maps():
 
 
 @pytest.mark.skipif(memory_maps() is None, reason="no /proc here: memory maps are not counted")
-def test_release_empties_the_caches_and_programs_compile_again():
+def test_release_empties_the_caches_and_programs_compile_again(monkeypatch):
+    import jaxalign.cpu
+
+    monkeypatch.setattr(jaxalign.cpu, "_warned", False)  # it warns once per process, maybe already in an earlier test
     held, allowed = memory_maps()
     assert 0 < held <= allowed
     f = jax.jit(lambda v: v * 2 + 1)

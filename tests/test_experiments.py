@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,7 +44,8 @@ REQUIRED_FIGURES = {
 }
 
 
-def run_app(*overrides: str, cache: Path, run_dir: Path, xla: Path) -> subprocess.CompletedProcess:
+def run_app(*overrides: str, cache: Path, run_dir: Path, xla: Path, wait: bool = True) -> Any:
+    """The app's command line in a subprocess: its CompletedProcess, or with ``wait=False`` the running Popen."""
     cmd = [
         sys.executable,
         str(REPO / "experiments" / "run.py"),
@@ -51,6 +54,8 @@ def run_app(*overrides: str, cache: Path, run_dir: Path, xla: Path) -> subproces
         f"hydra.run.dir={run_dir}",
         f"jax_compilation_cache={xla}",
     ]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
@@ -164,6 +169,33 @@ def test_killed_run_resumes_with_identical_matrices(first_run: Path, shared: dic
     assert stage_log(resumed)["matrices"]["cached"] >= 4  # the items saved before the failure were reused
     for key, mat in matrices(first_run).items():
         np.testing.assert_array_equal(matrices(resumed)[key], mat)
+
+
+def test_two_distributed_processes_write_one_run_equal_to_one_process(first_run: Path, shared: dict[str, Path]) -> None:
+    """``distributed={…}``: two app processes on this box share the sweeps' units (each computes its share and
+    receives the other's); process 0 writes the run, whose matrices equal a one-process run's; process 1 stops after
+    the shared stages and writes only its stage log, under ``process1/``."""
+    cache = shared["root"] / "cache-distributed"
+    for part in ("datasets", "embeddings"):  # keep the extractions, redo the sweeps
+        shutil.copytree(shared["cache"] / part, cache / part)
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    run_dir = shared["root"] / "distributed"
+    procs = []
+    for rank in range(2):
+        where = f"distributed={{coordinator_address:'localhost:{port}',num_processes:2,process_id:{rank}}}"
+        procs.append(run_app(*SMALL, where, cache=cache, run_dir=run_dir, xla=shared["xla"], wait=False))
+    for proc in procs:
+        _, err = proc.communicate(timeout=900)  # liveness limit: the run takes about a minute
+        assert proc.returncode == 0, err[-3000:]
+    for key, mat in matrices(first_run).items():
+        np.testing.assert_array_equal(matrices(run_dir)[key], mat, err_msg=key)
+    assert (run_dir / "report.md").is_file()
+    assert list(stage_log(run_dir / "process1")) == ["dataset", "extraction", "matrices", "significance"]
+    assert not (run_dir / "process1" / "results").exists()
+    both = [stage_log(d)["matrices"]["summary"] for d in (run_dir, run_dir / "process1")]
+    assert both[0] == both[1]
 
 
 def test_plus_dataset_with_path(shared: dict[str, Path], tmp_path: Path) -> None:
