@@ -172,12 +172,14 @@ def sweep_timing(m: int, n: int, *, warm: bool = False, tile: int | None = None)
 def case_scale(m: int, n: int) -> list[str]:
     rate = dot_rate()
     t = sweep_timing(m, n)
+    rate = max(rate, dot_rate())  # the box's rate: the better of before and after (another tenant may slow one)
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in t["stages"].items())
     fractions = ", ".join(
-        f"{stage} {flops / t['stages'][stage] / rate:.0%}" for stage, flops in t["gemm_flops"].items()
+        f"{stage} {flops / t['stages'][stage] / 1e9:.1f} GFLOP/s = {flops / t['stages'][stage] / rate:.0%}"
+        for stage, flops in t["gemm_flops"].items()
     )
     return [
-        "| M | N | wall s | peak RSS MiB | stages | jnp.dot GFLOP/s | GEMM rate / jnp.dot |",
+        "| M | N | wall s | peak RSS MiB | stages | jnp.dot GFLOP/s | matrix-product rate of the stage / jnp.dot |",
         "|---|---|---|---|---|---|---|",
         f"| {m} | {n} | {t['seconds']:.0f} | {t['peak_mib']:.0f} | {stages} | {rate / 1e9:.1f} | {fractions} |",
     ]
