@@ -14,15 +14,15 @@ Cases (issue 11), each printed as a markdown table:
   its own process).
 - ``null``: :func:`jaxalign.statistics.permutation_null` of the whole metric set (M models, N rows, D draws): one
   whole sweep per draw (the default) vs three draws' shuffled copies batched in one sweep; cold and warm.
-- ``project``: the full seed-000 study (60 models x 5 datasets x N = 50,000) projected from warm per-stage times at
-  M = 8 and 16 (lin·M + quad·M² per stage; all-pairs stages scaled ∝ N², the rest ∝ N), the distance pass at the
-  study's own tile.
+- ``project``: the full seed-000 study (60 models x 5 datasets x N = 50,000) from each stage's warm cost measured at
+  the study's own shape: 16 of the 60 inner-product searches, the pairs stage at 8 and 16 models (fitted
+  lin·M + quad·M²), three tiles of the distance pass over all 60 models at the sweep's tile for that shape.
 
     python benchmarks/bench_sweep.py pairs [--m 10 --n 10000]
     python benchmarks/bench_sweep.py scale [--m 16 --n 50000]
     python benchmarks/bench_sweep.py devices [--m 8 --n 5000]
     python benchmarks/bench_sweep.py null [--m 8 --n 2000 --draws 16]
-    python benchmarks/bench_sweep.py project [--n 10000]
+    python benchmarks/bench_sweep.py project [--m 60 --n 50000]
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax
@@ -46,7 +48,7 @@ from harness import measure
 import jaxalign.metrics as M
 from jaxalign import knn
 from jaxalign.metrics.dcor import dcor_from_sums, distance_row_sums
-from jaxalign.sweep import _pass_tile_size, pairwise_matrices
+from jaxalign.sweep import _cells, _pair_matrices, _pass_tile_size, _pass_unit, _prepare, pairwise_matrices
 
 METRICS = ("cknna", "mutual_knn", "cka", "unbiased_cka", "dcor", "information_imbalance")
 K = 25
@@ -224,33 +226,72 @@ def case_null(m: int, n: int, draws: int) -> list[str]:
     return rows
 
 
-#: How each stage grows with N: the graphs and the distance pass are all-pairs work, the rest reads N·k entries.
-N_POWER = {"graphs": 2, "distance pass": 2, "pairs": 1, "pairs and assembly": 1}
+def _timed_call(fn: Callable[[], Any]) -> float:
+    """Seconds of one warm call of ``fn`` (a first, untimed call compiles)."""
+    jax.block_until_ready(fn())
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
 
 
-def case_project(n: int, models: tuple[int, int] = (8, 16)) -> list[str]:
-    """Fit each stage's warm time as lin·M + quad·M² from two model counts at N = n, scale to 60 models and
-    N = 50,000 (all-pairs stages ∝ N², the others ∝ N), and sum five datasets. The distance pass runs at the tile
-    the study itself gets (its M blocks of N = 50,000 columns within the pass budget), not the larger tile of the
-    smaller runs, so its per-entry cost is the study's."""
-    study_tile = _pass_tile_size(50_000, 60, 1, None)
-    small, large = (sweep_timing(m, n, warm=True, tile=study_tile) for m in models)
-    a_m, b_m = models
-    total = 0.0
-    rows = [
-        f"| stage | M={a_m} s | M={b_m} s | model | 60 models, N = 50,000, one dataset |",
-        "|---|---|---|---|---|",
+def case_project(m: int = 60, n: int = 50_000, *, graph_models: int = 16, pass_tiles: int = 3) -> list[str]:
+    """The full seed-000 study (m models x 5 datasets x n rows) from each stage's cost measured at the study's own
+    shape — not fitted from smaller N, where the pass's blocks fit in cache and its cost per entry is lower:
+
+    - graphs: one inner-product search per model; ``graph_models`` of the m models timed (both widths), the mean
+      per width times its number of models;
+    - pairs (CKA, unbiased CKA, mutual kNN, CKNNA from features and graphs): the stage at 8 and 16 of those models
+      (warm), fitted as lin·M + quad·M² and evaluated at m;
+    - distance pass (dCor + information imbalance, Euclidean neighbours included): ``pass_tiles`` tiles of all m
+      models at the tile the sweep gives this shape (warm), times the number of tiles.
+    """
+    feats = study(m, n)
+    arrays = [jnp.asarray(v) for v in feats.values()]
+    rate = dot_rate()
+
+    graphs, seconds = [], {}
+    for i in range(graph_models):
+        jax.block_until_ready(knn(arrays[i], K, metric="ip"))  # compiles on the first of each width
+        t0 = time.perf_counter()
+        g = jax.block_until_ready(knn(arrays[i], K, metric="ip"))
+        seconds.setdefault(arrays[i].shape[1], []).append(time.perf_counter() - t0)
+        graphs.append({"ip_i": g.indices, "ip_v": g.values})
+    widths = [x.shape[1] for x in arrays]
+    graph_s = sum(float(np.mean(seconds[d])) for d in widths)
+
+    def pairs(count: int) -> float:
+        cells = _cells(None, list(feats)[:count])
+        return _timed_call(lambda: _pair_matrices(arrays[:count], graphs[:count], cells, METRICS, (K,), K, None))
+
+    (a_m, a), (b_m, b) = ((c, pairs(c)) for c in (8, 16))
+    quad = max(0.0, (b * a_m - a * b_m) / (b_m * b_m * a_m - a_m * a_m * b_m))
+    lin = max(0.0, (b - quad * b_m * b_m) / b_m)
+    pair_s = lin * m + quad * m * m
+
+    tile = _pass_tile_size(n, m, 1, None)
+    spaces = tuple(_prepare(x, exponent=1.0) for x in arrays)
+    rows = jnp.arange(pass_tiles * tile, dtype=jnp.int32)
+    unit = functools.partial(_pass_unit, rows, spaces, jnp.int32(0), length=rows.shape[0], exponent=1.0,
+                             ii_k=(1,), dcor=True, cells=_cells(None, list(feats)), tile=tile, mesh=None)  # fmt: skip
+    per_tile = _timed_call(unit) / pass_tiles
+    pass_s = per_tile * -(-n // tile)
+    pass_flops = 2.0 * tile * n * (sum(widths) + m * m)  # every model's block and the M x M Gram, per tile
+    search_flops = 2.0 * n * n * float(np.mean([arrays[i].shape[1] for i in range(graph_models)]))
+    search_rate = search_flops / float(np.mean([t for ts in seconds.values() for t in ts]))
+
+    total = graph_s + pair_s + pass_s
+    return [
+        f"| stage | measured | one dataset ({m} models, N = {n:,}) | matrix-product rate / jnp.dot |",
+        "|---|---|---|---|",
+        f"| graphs | {graph_models} searches: "
+        + ", ".join(f"d = {d} {np.mean(ts):.1f} s" for d, ts in sorted(seconds.items()))
+        + f" | {graph_s / 60:.0f} min | {search_rate / 1e9:.1f} GFLOP/s = {search_rate / rate:.0%} |",
+        f"| pairs | M = {a_m} {a:.1f} s, M = {b_m} {b:.1f} s ({lin:.3f}·M + {quad:.4f}·M²) | "
+        f"{pair_s / 60:.0f} min | — |",
+        f"| distance pass | {pass_tiles} tiles of {tile} rows: {per_tile:.2f} s per tile | {pass_s / 60:.0f} min | "
+        f"{pass_flops / per_tile / 1e9:.1f} GFLOP/s = {pass_flops / per_tile / rate:.0%} |",
+        f"| **5 datasets, this CPU** (jnp.dot {rate / 1e9:.1f} GFLOP/s) | | **{5 * total / 3600:.1f} h** | |",
     ]
-    for stage in large["stages"]:
-        a, b = small["stages"].get(stage, 0.0), large["stages"][stage]
-        # a = lin·a_m + quad·a_m², b = lin·b_m + quad·b_m²
-        quad = max(0.0, (b * a_m - a * b_m) / (b_m * b_m * a_m - a_m * a_m * b_m))
-        lin = max(0.0, (b - quad * b_m * b_m) / b_m)
-        projected = (lin * 60 + quad * 3600) * (50_000 / n) ** N_POWER.get(stage, 2)
-        total += projected
-        rows.append(f"| {stage} | {a:.1f} | {b:.1f} | {lin:.3f}·M + {quad:.4f}·M² | {projected / 60:.0f} min |")
-    rows.append(f"| **5 datasets, this CPU** (distance-pass tile {study_tile}) | | | | **{5 * total / 3600:.1f} h** |")
-    return rows
 
 
 def main() -> None:
@@ -269,7 +310,7 @@ def main() -> None:
     elif args.case == "null":
         rows = case_null(args.m or 8, args.n or 2000, args.draws)
     else:
-        rows = case_project(args.n or 10_000)
+        rows = case_project(args.m or 60, args.n or 50_000)
     print("\n".join(rows))
 
 

@@ -51,7 +51,7 @@ class Aligned:
 
 
 def align_models(runs: Sequence[Any], n_drawn: int, *, min_coverage: float, min_structures: int = 10) -> Aligned:
-    """Load the embedding files of ``runs`` (:class:`experiments.extraction.ModelRun`), drop models below
+    """Load the embedding files of ``runs`` (:class:`experiments.stages.extraction.ModelRun`), drop models below
     ``min_coverage`` and restrict the rest to their common structures."""
     from jaxalign.io import intersect, load_embedding
 

@@ -13,8 +13,8 @@ recorded in ``stage_log.jsonl`` with status ``stalled``.
 
 The run and cache directories are checked for writing before any stage (one ``error: ...`` line otherwise). Runs may
 share a cache: every file is written under a per-process temporary name and renamed, and extraction holds a lock per
-model file (see :mod:`experiments.extraction`). ``debug.stop_after`` (tests) ends the run after the dataset or the
-extraction stage.
+model file (see :mod:`experiments.stages.extraction`). ``debug.stop_after`` (tests) ends the run after the dataset or
+the extraction stage.
 """
 
 from __future__ import annotations
@@ -33,11 +33,20 @@ from typing import Any
 
 import numpy as np
 
-from experiments import analysis, figures, report
-from experiments.cache import StageLog, content_key, read_json, write_json, write_npz
-from experiments.data import prepare_dataset
-from experiments.extraction import extract_models
+from experiments.cache import StageLog, atomic_write_bytes, content_key, read_json, write_json, write_npz
 from experiments.features import align_models
+from experiments.stages import figures, report
+from experiments.stages.context import Context
+from experiments.stages.dataset import prepare_dataset
+from experiments.stages.energy import energy_errors
+from experiments.stages.extraction import extract_models
+from experiments.stages.id_correlation import id_correlations
+from experiments.stages.intrinsic_dimension import intrinsic_dimensions
+from experiments.stages.maps import structure_maps, umap_maps
+from experiments.stages.matrices import alignment_matrices
+from experiments.stages.reconstruction import reconstruction
+from experiments.stages.significance import significance
+from experiments.stages.tree import model_tree
 from experiments.watchdog import Watchdog, WatchdogConfig
 
 __all__ = ["run_pipeline"]
@@ -153,8 +162,11 @@ def _save_results(run_dir: Path, results: Mapping[str, Any]) -> None:
         "cknna_k": results["matrices"]["cknna_k_main"],
         "cknna_k_sweep": results["matrices"]["cknna_k"],
         "significance": {k: v for k, v in sig.items() if not isinstance(v, np.ndarray)},
+        "id_correlation": dict(results.get("id_correlation") or {}),
     }
     write_json(out / "results.json", summary)
+    if results.get("tree"):
+        atomic_write_bytes(out / "tree.nwk", (results["tree"]["newick"] + "\n").encode())
 
 
 def _energy_note(energy: Mapping[str, Any]) -> str:
@@ -176,7 +188,7 @@ def _energy_note(energy: Mapping[str, Any]) -> str:
     return base + f"Reference: the energies predicted by {ref} (its own error is 0 by construction)."
 
 
-def _cached_json(ctx: analysis.Context, name: str, params: Any, compute: Any, entry: dict[str, Any]) -> Any:
+def _cached_json(ctx: Context, name: str, params: Any, compute: Any, entry: dict[str, Any]) -> Any:
     path = ctx.root / f"{name}-{ctx.key(name, params)}.json"
     if path.exists():
         entry["cached"] += 1
@@ -240,27 +252,37 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         return {"dataset": s, "extraction": runs}
     acfg = dict(cfg["analysis"])
     aligned = align_models(runs, s["n_selected"], min_coverage=float(acfg.get("min_coverage", 0.5)))
-    ctx = analysis.Context(
-        aligned, acfg, cache_dir / "analysis", progress=progress, fail_after=debug.get("fail_after_items")
-    )
+    ctx = Context(aligned, acfg, cache_dir / "analysis", progress=progress, fail_after=debug.get("fail_after_items"))
 
     with stage("matrices") as e:
-        mats = analysis.alignment_matrices(ctx, e)
+        mats = alignment_matrices(ctx, e)
         e["summary"] = f"N = {aligned.n} common structures; " + e["summary"]
     with stage("significance") as e:
-        sig = analysis.significance(ctx, mats, e)
+        sig = significance(ctx, mats, e)
     if rank:  # the sweeps above are the stages the processes share; process 0 does the rest
         return {"process": rank, "matrices": mats, "significance": sig}
     with stage("intrinsic_dimension") as e:
-        ids = analysis.intrinsic_dimensions(ctx, e)
+        ids = intrinsic_dimensions(ctx, e)
+    with stage("id_correlation") as e:
+        idcor = id_correlations(ctx, e)
+        if idcor:
+            mats = {**mats, "id_cor": idcor["corr"], "id_cor_p": idcor["p"]}
+    with stage("tree") as e:
+        params = {"tree": acfg.get("tree") or {}, "cknna": acfg.get("cknna") or {}, "families": aligned.families}
+        compute = functools.partial(model_tree, acfg, aligned.models, aligned.families, mats["cknna"])
+        tree = _cached_json(ctx, "tree", params, compute, e)
+        if not e["cached"]:
+            e["computed"] += 1
+        left_out = f" (left out: {', '.join(tree['excluded'])})" if tree and tree["excluded"] else ""
+        e["summary"] = f"{len(tree['models'])} models{left_out}" if tree else "skipped: fewer than 3 models"
     with stage("reconstruction") as e:
-        rec = analysis.reconstruction(ctx, e)
+        rec = reconstruction(ctx, e)
     with stage("energy") as e:
         energy = _cached_json(
             ctx,
             "energy",
             acfg.get("energy") or {},
-            lambda: analysis.energy_errors(ctx, s, {"computed": 0, "summary": ""}),
+            lambda: energy_errors(ctx, s, {"computed": 0, "summary": ""}),
             e,
         )
         if not e["cached"]:
@@ -273,8 +295,8 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         else:
             e["summary"] = f"skipped: {energy.get('note')}"
     with stage("maps") as e:
-        maps = analysis.structure_maps(ctx, energy.get("target"), e)
-        umap = analysis.umap_maps(ctx, e)
+        maps = structure_maps(ctx, energy.get("target"), e)
+        umap = umap_maps(ctx, e)
         if umap:
             e["summary"] += " and UMAP maps"
 
@@ -287,18 +309,24 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         "matrices": mats,
         "significance": sig,
         "intrinsic_dimension": ids,
+        "id_correlation": {k: v for k, v in idcor.items() if k in ("rows", "draws", "alpha")},
         "reconstruction": rec,
+        "tree": tree,
         "energy": energy,
         "maps": maps,
         "umap": umap,
         "ood_mask": np.array([id_of[i]["split"] == "ood" for i in aligned.ids.tolist()]),
         "n_atoms": np.array([id_of[i]["n_atoms"] for i in aligned.ids.tolist()]),
     }
+    results["figure_settings"] = {
+        "family_include_self": bool((acfg.get("condensed") or {}).get("include_self", False)),
+        "energy_unit": str((acfg.get("energy") or {}).get("unit", "mev_per_atom")),
+    }
     results["checks"] = report.qualitative_checks(results)
     _save_results(run_dir, results)
 
     with stage("figures") as e:
-        sources = [*(REPO / "jaxalign" / "plots").glob("*.py"), REPO / "experiments" / "figures.py"]
+        sources = [*(REPO / "jaxalign" / "plots").glob("*.py"), REPO / "experiments" / "stages" / "figures.py"]
         fkey = content_key("figures", {"results": _digest(results), "code": _source_digest(sources)})
         fdir = cache_dir / "figures" / fkey
         if not (fdir / "figures.json").exists():
@@ -345,6 +373,5 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
             "config_yaml": yaml.safe_dump(dict(cfg), sort_keys=False),
         }
         md, htm = report.write_report(run_dir, results, context, drawn)
-        passed = sum(c["passed"] is True for c in results["checks"])
-        e["summary"] = f"{md.name} and {htm.name}; qualitative checks {passed}/{len(results['checks'])} pass"
+        e["summary"] = f"{md.name} and {htm.name}; qualitative checks: {report.check_tally(results['checks'])}"
     return results

@@ -36,8 +36,8 @@ WRITE_FIX = "point cache_dir= (or hydra.run.dir=) at another directory"
 
 def error_line(err: BaseException) -> str | None:
     """The ``error: ...`` line for an error the user fixes, or None for a crash (which keeps its traceback)."""
-    from experiments.analysis import InjectedFailure
-    from experiments.extraction import ExtractionError
+    from experiments.stages.context import InjectedFailure
+    from experiments.stages.extraction import ExtractionError
     from extractors.faults import one_line, output_error
 
     if isinstance(err, (ExtractionError, InjectedFailure)):  # a crashed extraction keeps the child's last lines

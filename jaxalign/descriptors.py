@@ -1,8 +1,9 @@
 """Structure-level descriptors from per-atom features: signed-root cumulants (SPEC §7).
 
 A structure S owns the atom environments ξ_i (rows of a per-atom feature array). Its descriptor summarises the
-distribution of those rows feature by feature (seed 003: Bhattacharjee et al., "Comparing the latent features of
-universal machine-learning interatomic potentials", §III F and SI XII, eqs. 11–19 and S1–S9):
+distribution of those rows feature by feature (seed 003: Chorna, Tisi, Malosso, How, Ceriotti & Chong, "Comparing
+the latent features of universal machine-learning interatomic potentials", §III F and SI XII, eqs. 11–19 and
+S1–S9):
 
   mean ξ̄ = mean_i ξ_i, population central moments μ_k = mean_i (ξ_i − ξ̄)^k (elementwise),
 

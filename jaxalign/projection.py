@@ -2,7 +2,7 @@
 
 PCovR (de Jong & Kiers 1992; Helfrecht et al., Mach. Learn.: Sci. Technol. 1, 045021 (2020)) finds a latent
 projection T = X P_XT that mixes variance of X (weight α) with the part of a target Y linearly predictable from X
-(weight 1 − α). Seed 003 (Bhattacharjee et al.) uses α = 0.5 and 2 components to map one model's features into a
+(weight 1 − α). Seed 003 (Chorna et al.) uses α = 0.5 and 2 components to map one model's features into a
 plane fitted on another's. As in scikit-matter, nothing is centred while fitting (centre and scale X and Y first),
 and Ŷ = X W comes from Ridge(alpha=1e-6, fit_intercept=False): W = (XᵀX + λI)⁻¹XᵀY, which scikit-learn solves by
 Cholesky (primal when d ≤ n, dual when d > n). Here it is solved from the thin SVD X = U S Vᵀ, W = V S(S² + λ)⁻¹UᵀY,

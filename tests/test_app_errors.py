@@ -36,7 +36,7 @@ from ase.io import write
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments.extraction import _HideErrors  # noqa: E402
+from experiments.stages.extraction import _HideErrors  # noqa: E402
 from extractors.__main__ import main as cli_main  # noqa: E402
 from extractors.embedding_file import read_npz  # noqa: E402
 from extractors.faults import exclusive_lock  # noqa: E402

@@ -33,13 +33,17 @@ REQUIRED_FIGURES = {
     "fig1e_intrinsic_dimension_violins",
     "fig1f_model_tree",
     "fig2a_structure_maps",
-    "fig2b_information_imbalance_plane_k1",
+    "fig2b_information_imbalance_plane_k1_cknna",
+    "fig2b_information_imbalance_plane_k1_dcor",
+    "fig2b_information_imbalance_plane_k1_id_cor",
+    "figC9_information_imbalance_plane_k1",
     "fig2d_energy_error_maps",
     "fig_s003_gfre_atom",
     "fig_s003_lfre_atom",
     "fig_s003_gfre_cumulant",
     "fig_s003_lfre_cumulant",
     "fig8_cumulant_orders_chgnet-0.3.0",
+    "fig8_single_orders_chgnet-0.3.0",
     "figA1_cknna_vs_k",
 }
 
@@ -100,8 +104,18 @@ def test_small_run_writes_every_figure_and_the_report(first_run: Path) -> None:
         assert f"figures/{stem}.png" in md
     for heading in ("Qualitative findings", "Dataset", "Models", "Matrices", "Configuration"):
         assert heading in md
+    from jaxalign.tree import Tree
+
+    tree = Tree.from_newick((first_run / "results" / "tree.nwk").read_text().strip())
+    # the default keeps the random baseline; analysis.tree.exclude_baseline=true (seed000) leaves it out
+    assert sorted(tree.leaf_names) == sorted(["chgnet-0.3.0", "chgnet-0.2.0", "morgan", "random"])
+    with np.load(first_run / "results" / "matrices.npz") as z:
+        idcor, p = z["id_cor"], z["id_cor_p"]
+    off = ~np.eye(4, dtype=bool)
+    assert np.isfinite(idcor[off]).all() and ((p[off] >= 1 / 20) & (p[off] <= 1)).all()  # analysis=quick: 19 draws
+    np.testing.assert_array_equal(idcor, idcor.T)
     checks = read_json(first_run / "results" / "results.json")["checks"]
-    assert len(checks) == 5  # the five findings of the seeds, each with numbers and a verdict
+    assert len(checks) == 6  # the six findings of the seeds, each with numbers and a verdict
     assert all(c["numbers"] and c["passed"] in (True, False, None) for c in checks)
     stages = stage_log(first_run)
     assert list(stages) == [
@@ -110,6 +124,8 @@ def test_small_run_writes_every_figure_and_the_report(first_run: Path) -> None:
         "matrices",
         "significance",
         "intrinsic_dimension",
+        "id_correlation",
+        "tree",
         "reconstruction",
         "energy",
         "maps",
@@ -280,6 +296,29 @@ def test_config_composes_both_command_lines() -> None:
         assert (over.dataset.n, over.analysis.cknna.k, over.models.name) == (50, 10, "fast")
         slurm = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
         assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
+        seed000 = compose("config", overrides=["analysis=seed000"]).analysis
+        assert list(seed000.preprocessing) == ["max_normalize"]
+        assert list(seed000.information_imbalance.k) == [50, 200, 500]
+        assert (seed000.intrinsic_dimension.mle_k, seed000.condensed.include_self, seed000.tree.exclude_baseline) == (
+            50, True, True)  # fmt: skip
+        assert seed000.energy.unit == "ev_per_structure" and seed000.cknna.k == 25
+        seed003 = compose("config", overrides=["analysis=seed003"]).analysis.reconstruction
+        assert (seed003.split.test, seed003.cumulant_components, seed003.cumulant_order, seed003.order_lfre) == (
+            1000, None, 8, True)  # fmt: skip
+        assert default.analysis.name == "default" and default.analysis.reconstruction.split.test is None
+
+
+def test_model_tree_leaves_out_the_random_baseline_when_asked() -> None:
+    from experiments.stages.tree import model_tree
+
+    names, fams = ["a1", "a2", "b1", "rand"], ["a", "a", "b", "baseline"]
+    c = np.array([[1, 0.8, 0.4, 0.1], [0.8, 1, 0.5, 0.1], [0.4, 0.5, 1, 0.1], [0.1, 0.1, 0.1, 1.0]])
+    full = model_tree({}, names, fams, c)
+    assert full["excluded"] == [] and "rand" in full["newick"]
+    seed000 = model_tree({"tree": {"exclude_baseline": True}}, names, fams, c)
+    assert seed000["excluded"] == ["rand"] and seed000["models"] == ["a1", "a2", "b1"]
+    assert "rand" not in seed000["newick"]
+    assert model_tree({"tree": {"exclude_baseline": True}}, names[1:], fams[1:], c[1:, 1:]) == {}  # 2 models left
 
 
 def test_compact_preserves_inner_products_distances_and_duplicates() -> None:

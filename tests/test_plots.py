@@ -203,6 +203,17 @@ def test_family_condensed_means_off_diagonal_blocks():
     assert np.isnan(cond[2, 2])  # single-member family: no within-family pair
 
 
+def test_family_condensed_includes_the_diagonal_when_asked():
+    """Seed 000 averages whole family blocks, each model with itself included: a one-model family shows its
+    self-alignment instead of n/a."""
+    m = np.array([[1.0, 0.6, 0.2], [0.6, 1.0, 0.3], [0.2, 0.3, 1.0]])
+    cond, unique = al.family_condensed(m, ["a", "b", "c"], ["f", "f", "g"], include_self=True)
+    assert unique == ["f", "g"]
+    np.testing.assert_allclose(cond, [[(1.0 + 0.6 + 0.6 + 1.0) / 4, 0.25], [0.25, 1.0]])
+    off, _ = al.family_condensed(m, ["a", "b", "c"], ["f", "f", "g"])
+    assert off[0, 0] == 0.6 and np.isnan(off[1, 1])
+
+
 def test_family_condensed_ignores_nan_entries():
     m = np.array([[1.0, 0.5, np.nan], [0.5, 1.0, 0.7], [np.nan, 0.7, 1.0]])
     cond, _ = al.family_condensed(m, ["a", "b", "c"], ["f", "f", "f"])
@@ -220,7 +231,9 @@ def test_family_heatmap(zoo):
     singletons = sum(fams.count(f) == 1 for f in unique)
     assert _texts(fig).count("n/a") == singletons
     assert len(ax.texts) == len(unique) ** 2
-    assert fig.axes[1].get_ylabel().startswith("mean CKNNA")
+    assert fig.axes[1].get_ylabel().startswith("CKNNA")  # a given label is used as given (no "mean mean …")
+    default = al.family_heatmap(m, names, fams, title="CKNNA (k = 25)")
+    assert default.axes[1].get_ylabel().startswith("mean CKNNA (k = 25)")
 
 
 # ------------------------------------------------------------------------------------------------------ scatters

@@ -145,13 +145,17 @@ def alignment_heatmap(
     return fig
 
 
-def family_condensed(matrix: Any, names: Sequence[str], families: Families) -> tuple[np.ndarray, list[str]]:
+def family_condensed(
+    matrix: Any, names: Sequence[str], families: Families, *, include_self: bool = False
+) -> tuple[np.ndarray, list[str]]:
     """Family × family condensation of a model × model matrix (seed 000 Fig. 1C, C6).
 
     ``C[a, b] = mean{ M[i, j] : family(i) = a, family(j) = b, i ≠ j }`` over the finite entries: the diagonal of
     ``M`` (a model with itself) never enters, so ``C[a, a]`` is the mean within-family alignment between *distinct*
     members. A family with a single model has no such pair and gets NaN on the diagonal; a block with no finite
-    entry is NaN too. Families are in order of first appearance.
+    entry is NaN too. Families are in order of first appearance. ``include_self=True`` averages the whole block,
+    diagonal included, as seed 000 does (its Methods: "averaging several rows and columns"), so a single-model family
+    shows its self-alignment.
 
     Returns:
       ``(C, family_names)`` with ``C`` of shape (F, F).
@@ -163,7 +167,7 @@ def family_condensed(matrix: Any, names: Sequence[str], families: Families) -> t
     fams = style.resolve_families(names, families)
     unique = list(dict.fromkeys(fams))
     member = np.array([[f == u for f in fams] for u in unique])  # (F, M)
-    off_diag = ~np.eye(len(names), dtype=bool)
+    off_diag = np.ones((len(names),) * 2, bool) if include_self else ~np.eye(len(names), dtype=bool)
     out = np.full((len(unique), len(unique)), np.nan)
     for a in range(len(unique)):
         for b in range(len(unique)):
@@ -185,8 +189,10 @@ def family_heatmap(
     cmap: Any = None,
     cbar_label: str | None = None,
     fmt: str = ".2f",
+    include_self: bool = False,
 ) -> Any:
-    """Family-condensed alignment heatmap (seed 000 Fig. 1C, C6): :func:`family_condensed` drawn with its values.
+    """Family-condensed alignment heatmap (seed 000 Fig. 1C, C6): :func:`family_condensed` drawn with its values
+    (``include_self`` as there).
 
     Diagonal cells (mean alignment between distinct members of one family) are outlined; single-member families
     have no within-family pair and show a hatched "n/a" cell. Tick labels carry the number of models per family.
@@ -196,7 +202,7 @@ def family_heatmap(
     """
     from matplotlib.patches import Rectangle
 
-    cond, unique = family_condensed(matrix, names, families)
+    cond, unique = family_condensed(matrix, names, families, include_self=include_self)
     fams = style.resolve_families(style.check_names(names, np.shape(matrix)[0]), families)
     counts = {f: fams.count(f) for f in unique}
     labels = [f"{f} ({counts[f]})" for f in unique]
@@ -206,7 +212,7 @@ def family_heatmap(
         style.heatmap_figsize(f, f, label_chars=max(map(len, labels)), cell=0.6 if f <= 10 else None)
     )
     ax = fig.add_subplot()
-    label = cbar_label or title or "alignment"
+    label = cbar_label if cbar_label is not None else f"mean {title or 'alignment'}"
     style.draw_heatmap(
         ax,
         cond,
@@ -217,7 +223,7 @@ def family_heatmap(
         vmax=vmax,
         annotate=True,
         fmt=fmt,
-        cbar_label=f"mean {label}",
+        cbar_label=label,
         xlabel="family (models)",
         ylabel="family (models)",
     )
@@ -470,6 +476,10 @@ def information_imbalance_plane(
     title: str | None = None,
     group_labels: tuple[str, str] = ("same family", "different family"),
     labels: bool | None = None,
+    color: Any = None,
+    color_label: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
 ) -> Any:
     """The information-imbalance plane (seed 000 Fig. 2B, C9; Glielmo et al., PNAS Nexus 2022, Fig. 1).
 
@@ -477,7 +487,9 @@ def information_imbalance_plane(
     A are also close in B, i.e. A predicts B. Regions: near (0, 0) the two are equivalent; near (1, 1) they are
     independent; above the diagonal (Δ(A→B) < Δ(B→A)) A is more informative than B; below it B is more
     informative. Points are coloured by ``same_family`` (or any other two groups, named by ``group_labels``, e.g.
-    same / different training dataset).
+    same / different training dataset) — or, with ``color``, by a value per pair on a colour bar (seed 000 Fig. 2B
+    colours by CKNNA, dCor and I_d Cor), the two groups then told apart by marker (circle: first group, triangle:
+    second).
 
     Args:
       delta_ab, delta_ba: Δ(A→B) and Δ(B→A), one value per pair.
@@ -486,11 +498,15 @@ def information_imbalance_plane(
       title: axes title.
       group_labels: legend names of the True and False groups.
       labels: write each pair's name beside its point (default: when there are at most 15 pairs).
+      color: optional value per pair (e.g. CKNNA of the pair); NaN points are grey.
+      color_label: the colour bar's label, e.g. ``"CKNNA (k = 25)"``.
+      vmin, vmax: colour limits (default: the finite values' range).
 
     Returns:
-      The Figure (one axes).
+      The Figure (one axes, plus a colour-bar axes with ``color``).
     """
     x = style.as_vector(delta_ab, "delta_ab")
+    c = None if color is None else style.as_vector(color, "color", len(x), against="delta_ab")
     y = style.as_vector(delta_ba, "delta_ba", len(x), against="delta_ab")
     if isinstance(names_pairs, str) or len(names_pairs) != len(x):
         raise ValueError(
@@ -520,15 +536,38 @@ def information_imbalance_plane(
     ax.text(0.98 * hi, 0.02 * hi, "B more informative\n(B predicts A)", ha="right", va="bottom", **region)
     ax.text(0.02 * hi, 0.02 * hi, "equivalent", ha="left", va="bottom", **region)
     ax.text(0.98 * hi, 0.98 * hi, "independent", ha="right", va="top", **region)
-    ax.scatter(x[~same], y[~same], s=34, color="0.55", edgecolor="white", lw=0.5, label=group_labels[1], zorder=3)
-    ax.scatter(x[same], y[same], s=38, color="C3", edgecolor="white", lw=0.5, label=group_labels[0], zorder=3)
+    if c is None:
+        ax.scatter(x[~same], y[~same], s=34, color="0.55", edgecolor="white", lw=0.5, label=group_labels[1], zorder=3)
+        ax.scatter(x[same], y[same], s=38, color="C3", edgecolor="white", lw=0.5, label=group_labels[0], zorder=3)
+    else:
+        from matplotlib.colors import Normalize
+
+        cmap, lo, hi_c = style.color_scale(c, vmin, vmax, None)
+        norm = Normalize(vmin=lo, vmax=hi_c)
+        mappable = None
+        for group, marker, label in ((same, "o", group_labels[0]), (~same, "^", group_labels[1])):
+            known = group & np.isfinite(c)
+            ax.scatter(x[group & ~known], y[group & ~known], s=34, marker=marker, color=style.MISSING_COLOR, zorder=3)
+            mappable = ax.scatter(x[known], y[known], s=38, marker=marker, c=c[known], cmap=cmap, norm=norm,
+                                  edgecolor="0.3", lw=0.4, label=label, zorder=3)  # fmt: skip
+        cbar = fig.colorbar(mappable, ax=ax, shrink=0.8, pad=0.02)
+        cbar.set_label(color_label or "value", fontsize=style.LABEL_SIZE)
+        cbar.ax.tick_params(labelsize=style.TICK_SIZE)
+        cbar.outline.set_visible(False)
     ax.set_xlim(0, hi)
     ax.set_ylim(0, hi)
     ax.set_aspect("equal")
     _style_axes(
         ax, "Δ(A → B)   (low: A predicts B)", "Δ(B → A)   (low: B predicts A)", title or "information imbalance"
     )
-    ax.legend(fontsize=style.LEGEND_SIZE, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2)
+    handles = None
+    if c is not None:  # marker shapes only: the colour is the colour bar's
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], ls="", marker=mk, color="0.45", label=lab)
+                   for mk, lab in zip(("o", "^"), group_labels, strict=True)]  # fmt: skip
+    ax.legend(handles=handles, fontsize=style.LEGEND_SIZE, frameon=False, loc="upper center",
+              bbox_to_anchor=(0.5, -0.12), ncols=2)  # fmt: skip
     ok = np.isfinite(x) & np.isfinite(y)
     if not ok.all():
         fig.supxlabel(

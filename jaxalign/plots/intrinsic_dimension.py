@@ -20,6 +20,7 @@ def intrinsic_dimension_violins(
     *,
     families: Mapping[str, Any] | Sequence[Any] | None = None,
     global_values: Mapping[str, float] | None = None,
+    global_label: str = "global estimate",
     title: str | None = None,
     ylabel: str = "intrinsic dimension (per-point estimate)",
     logy: bool = False,
@@ -37,6 +38,7 @@ def intrinsic_dimension_violins(
       per_model_values: model name → 1-D array of per-point estimates, in plotting order.
       families: colours violins by family (mapping name → family, or a sequence in the mapping's order).
       global_values: model name → a global estimate (e.g. TwoNN on the whole set), drawn as a black diamond.
+      global_label: the diamonds' legend entry, naming the estimator (e.g. ``"TwoNN (all structures)"``).
       title: axes title.
       ylabel: y-axis label.
       logy: log-scale y (useful when a baseline is orders of magnitude above the models).
@@ -153,7 +155,7 @@ def intrinsic_dimension_violins(
                 markerfacecolor="none",
                 markeredgecolor="black",
                 markeredgewidth=1.2,
-                label="global estimate",
+                label=global_label,
             )
         )
     ax.legend(handles=handles, fontsize=style.LEGEND_SIZE, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))

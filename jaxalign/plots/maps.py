@@ -53,6 +53,25 @@ def _norm(values: list[np.ndarray], *, vmin: float | None, vmax: float | None, c
     return cmap, Normalize(vmin=lo, vmax=hi)
 
 
+def _colorbar(
+    fig: Any, mappable: Any, ax: Any, label: str | None, values: list[np.ndarray], *, log_color: bool, **kwargs: Any
+) -> Any:
+    """The maps' colour bar; a log scale of whole numbers (e.g. atoms per structure) is labelled 2, 5, 10, 20 …
+    rather than 2×10⁰."""
+    cbar = fig.colorbar(mappable, ax=ax, **kwargs)
+    cbar.set_label(label or "value", fontsize=style.LABEL_SIZE)
+    finite = [v[np.isfinite(v)] for v in values]
+    if log_color and all(np.array_equal(v, np.round(v)) for v in finite):
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        cbar.ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        cbar.ax.yaxis.set_minor_formatter(NullFormatter())
+    cbar.ax.tick_params(labelsize=style.TICK_SIZE)
+    cbar.outline.set_visible(False)
+    return cbar
+
+
 def _draw_map(
     ax: Any, xy: np.ndarray, color: np.ndarray | None, ood: np.ndarray | None, *, cmap: Any, norm: Any, size: float
 ) -> Any:
@@ -164,10 +183,7 @@ def structure_map(
     cmap_, norm = _norm([c], vmin=vmin, vmax=vmax, cmap=cmap, log_color=log_color) if c is not None else (None, None)
     mappable = _draw_map(ax, xy, c, ood, cmap=cmap_, norm=norm, size=_point_size(n))
     if mappable is not None:
-        cbar = fig.colorbar(mappable, ax=ax, shrink=0.85, pad=0.02)
-        cbar.set_label(color_label or "value", fontsize=style.LABEL_SIZE)
-        cbar.ax.tick_params(labelsize=style.TICK_SIZE)
-        cbar.outline.set_visible(False)
+        _colorbar(fig, mappable, ax, color_label, [c], log_color=log_color, shrink=0.85, pad=0.02)
     if ood is not None and ood.any():
         _ood_legend(ax, int(ood.sum()))
     ax.set_xlabel(xlabel, fontsize=style.LABEL_SIZE)
@@ -238,14 +254,15 @@ def map_grid(
     fig = style.new_figure((3.0 * ncols + (1.0 if coloured else 0.2), 3.0 * nrows + 0.5))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     mappable = None
+    counts = {name: int(mk.sum()) for name, mk in masks.items() if mk is not None}
+    shared = len(counts) == m and len(set(counts.values())) == 1  # one count for every panel: said once, in the legend
     for ax, name in zip(axes.flat, names, strict=False):
         xy = xys[name]
         artist = _draw_map(ax, xy, colors[name], masks[name], cmap=cmap_, norm=norm, size=_point_size(len(xy)) * 0.7)
         mappable = mappable or artist
         label = style.shorten(name, 30)
-        n_ood = int(masks[name].sum()) if masks[name] is not None else 0
-        if masks[name] is not None:
-            label = f"{label} ({n_ood} OOD)"
+        if name in counts and not shared:
+            label = f"{label} ({counts[name]} OOD)"
         if colors[name] is None and coloured:
             label = f"{label} (no value)"
         ax.set_title(label, fontsize=style.LABEL_SIZE)
@@ -257,10 +274,7 @@ def map_grid(
     for row in range(nrows):
         used[row * ncols].set_ylabel(ylabel, fontsize=style.TICK_SIZE)
     if mappable is not None:
-        cbar = fig.colorbar(mappable, ax=used, shrink=0.8, fraction=0.04, pad=0.02)
-        cbar.set_label(color_label or "value", fontsize=style.LABEL_SIZE)
-        cbar.ax.tick_params(labelsize=style.TICK_SIZE)
-        cbar.outline.set_visible(False)
+        _colorbar(fig, mappable, used, color_label, coloured, log_color=log_color, shrink=0.8, fraction=0.04, pad=0.02)
     if any(mk is not None and mk.any() for mk in masks.values()):
         from matplotlib.lines import Line2D
 
@@ -273,7 +287,9 @@ def map_grid(
             markerfacecolor="none",
             markeredgecolor=OOD_COLOR,
             markeredgewidth=1.1,
-            label="out of distribution",
+            label=f"out of distribution ({next(iter(counts.values()))} in every panel)"
+            if shared
+            else "out of distribution",
         )
         fig.legend(handles=[handle], loc="outside lower center", fontsize=style.LEGEND_SIZE, frameon=False)
     if title:

@@ -1,5 +1,6 @@
-"""Feature-reconstruction figures (seed 003: Goscinski et al., "The role of feature space in atomistic learning",
-2021, Fig. 1–3 and 8) and the neighbourhood-size curve of CKNNA (seed 000 Fig. A1).
+"""Feature-reconstruction figures — seed 003 (Chorna, Tisi, Malosso, How, Ceriotti & Chong, "Comparing the latent
+features of universal machine-learning interatomic potentials") Figs. 1–3, 5, 7 and 8, with the GFRE/LFRE measures
+of Goscinski, Fraux, Imbalzano & Ceriotti (2021) — and the neighbourhood-size curve of CKNNA (seed 000 Fig. A1).
 
 matplotlib is imported only when a figure is drawn.
 """
@@ -83,17 +84,20 @@ def cumulant_order_heatmap(
     vmax: float | None = None,
     cmap: Any = None,
     fmt: str = ".2f",
+    single: bool = False,
 ) -> Any:
     """Reconstruction error between cumulant descriptors of different order, φ(i) → φ(j) (seed 003 Fig. 8).
 
     φ(M) concatenates the first M signed-root cumulants of a structure's atom features, so φ(i) ⊂ φ(j) for i < j:
     the lower-left triangle (higher order reconstructing lower) is near 0, and the upper-right triangle shows how
-    much each added cumulant carries that lower orders do not.
+    much each added cumulant carries that lower orders do not. With ``single``, the rows and columns are single
+    orders κ̃_i → κ̃_j, which are not nested: both triangles are measured.
 
     Args:
       errors: (len(orders), len(orders)) errors, rows = source order i, columns = target order j.
       orders: the cumulant orders, e.g. ``[1, 2, …, 8]``.
       title, cbar_label, vmin, vmax, cmap, fmt: as in :func:`reconstruction_heatmap`.
+      single: label the orders κ̃_i (single cumulants) instead of φ(i) (cumulative descriptors).
 
     Returns:
       The Figure (heatmap axes, colour-bar axes).
@@ -105,7 +109,7 @@ def cumulant_order_heatmap(
         raise ValueError(f"`orders` must be a sequence of integers (cumulant orders), got {orders!r}.") from None
     if len(orders) != e.shape[0]:
         raise ValueError(f"`orders` has {len(orders)} entries but `errors` has {e.shape[0]} rows; pass one per row.")
-    labels = [f"φ({o})" for o in orders]
+    labels = [f"κ̃{o}" if single else f"φ({o})" for o in orders]
     cmap, vmin, vmax = style.color_scale(e, vmin, vmax, cmap or style.ERROR_CMAP)
     n = len(orders)
     fig = style.new_figure(style.heatmap_figsize(n, n, label_chars=6, cell=0.55 if n <= 12 else None))
@@ -121,8 +125,8 @@ def cumulant_order_heatmap(
         annotate=n <= 20,
         fmt=fmt,
         cbar_label=f"{cbar_label}\n(lower = better reconstruction)",
-        xlabel="target φ(j)",
-        ylabel="source φ(i) (reconstructs from)",
+        xlabel="target κ̃j" if single else "target φ(j)",
+        ylabel=f"source {'κ̃i' if single else 'φ(i)'} (reconstructs from)",
     )
     ax.set_xticks(ax.get_xticks(), labels=labels, rotation=0, ha="center")
     ax.set_title(title or f"{cbar_label} between cumulant orders φ(i) → φ(j)", fontsize=style.TITLE_SIZE)
@@ -195,9 +199,9 @@ def cknna_vs_k(
             color=color,
             label=style.shorten(_pair_label(key), 36),
         )
-        if asymptotes is not None and key in asymptotes:  # a short dashed stub at the right end, past the last k
+        if asymptotes is not None and key in asymptotes:  # a dashed stub ending at the last k (k = N − 1), not past it
             kmax = float(k.max())
-            ax.hlines(float(asymptotes[key]), kmax / 3, kmax * 2.5, color=color, ls="--", lw=1.2, alpha=0.9)
+            ax.hlines(float(asymptotes[key]), kmax / 3, kmax, color=color, ls="--", lw=1.2, alpha=0.9)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel(xlabel, fontsize=style.LABEL_SIZE)

@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from experiments.cache import content_key, read_json, write_json
-from experiments.data import DatasetStage
 from experiments.extract import ALL_FAILED
+from experiments.stages.dataset import DatasetStage
 from experiments.watchdog import beat, child, terminate_children
 from extractors.faults import child_env, ensure_writable, exclusive_lock
 
 __all__ = ["ExtractionError", "ModelRun", "check_models", "extract_models"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class ExtractionError(RuntimeError):

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from experiments.stages.tree import BASELINE_FAMILY
 from experiments.watchdog import beat
 
 __all__ = ["Figure", "draw_figures", "figure_plan", "representative_pairs"]
 
-BASELINE_FAMILY = "baseline"
 #: per-structure intrinsic-dimension estimates above this are degenerate (equidistant neighbours) and not drawn.
 LOCAL_ID_CAP = 1000.0
 
@@ -67,19 +67,31 @@ def _metric_label(name: str, k_main: int) -> str:
     return labels.get(name, name)
 
 
+#: Where seed 000 shows each further metric matrix (App. A defines them all; only dCor has its own figure).
+SEED000_SOURCE = {
+    "dcor": "Fig. C8",
+    "mutual_knn": "App. A (no figure in seed 000)",
+    "cka": "App. A (no figure in seed 000)",
+    "unbiased_cka": "App. A (no figure in seed 000)",
+}
+
+
 def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
     """The figures the results support, in report order."""
     from jaxalign.plots import alignment as pa
     from jaxalign.plots import intrinsic_dimension as pid
     from jaxalign.plots import maps as pm
     from jaxalign.plots import reconstruction as pr
+    from jaxalign.plots.style import SEQUENTIAL_CMAP
     from jaxalign.plots.tree import plot_tree
-    from jaxalign.tree import jsd_distance, neighbor_joining
+    from jaxalign.tree import Tree
 
     names: list[str] = list(results["models"])
     families: list[str] = list(results["families"])
     mats = results["matrices"]
     k_main = int(mats["cknna_k_main"])
+    settings = results.get("figure_settings") or {}
+    include_self = bool(settings.get("family_include_self", False))
     fam = dict(zip(names, families, strict=True))
     plan: list[Figure] = []
 
@@ -87,7 +99,7 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
     plan.append(
         Figure(
             "fig1a_cknna_heatmap",
-            f"Fig. 1A — CKNNA (k = {k_main}) between every pair of models",
+            f"Fig. 1A / C6 — CKNNA (k = {k_main}) between every pair of models",
             "Brighter = more similar neighbourhoods; white lines separate model families (colour strips).",
             lambda: pa.alignment_heatmap(
                 mats["cknna"], names, families=fam, title=f"CKNNA (k = {k_main})", cbar_label=f"CKNNA (k = {k_main})"
@@ -98,14 +110,20 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
         Figure(
             "fig1c_cknna_family_heatmap",
             "Fig. 1C / C6 — CKNNA condensed to model families",
-            "Cell (a, b) is the mean CKNNA between distinct models of families a and b; the outlined diagonal is "
-            "within-family alignment.",
+            (
+                "Cell (a, b) is the mean CKNNA over the block of families a and b, each model with itself included "
+                "as in seed 000"
+                if include_self
+                else "Cell (a, b) is the mean CKNNA between distinct models of families a and b"
+            )
+            + "; the outlined diagonal is within-family alignment.",
             lambda: pa.family_heatmap(
                 mats["cknna"],
                 names,
                 fam,
                 title=f"CKNNA (k = {k_main}) by family",
                 cbar_label=f"mean CKNNA (k = {k_main})",
+                include_self=include_self,
             ),
         )
     )
@@ -113,7 +131,7 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
         plan.append(
             Figure(
                 f"figC_{metric}_heatmap",
-                f"{_metric_label(metric, k_main)} between every pair of models",
+                f"{SEED000_SOURCE[metric]} — {_metric_label(metric, k_main)} between every pair of models",
                 "Same layout as Fig. 1A for another alignment measure; compare its ordering of pairs with CKNNA's.",
                 functools.partial(
                     pa.alignment_heatmap,
@@ -129,7 +147,7 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
         plan.append(
             Figure(
                 f"figC9_information_imbalance_k{k}_heatmap",
-                f"Information imbalance Δ(row → column), k = {k}",
+                f"App. A.4 (seed 000 draws it as Fig. 2B / C9 planes) — information imbalance Δ(row → column), k = {k}",
                 "Low Δ(A→B) means A's neighbourhoods predict B's; compare a cell with its mirror to see which model is "
                 "more informative.",
                 functools.partial(
@@ -138,14 +156,16 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
                     names,
                     families=fam,
                     title=f"Δ(row → column), k = {k}",
-                    cbar_label=f"information imbalance (k = {k})",
+                    cbar_label=f"information imbalance (k = {k}; lower = more aligned)",
+                    cmap=f"{SEQUENTIAL_CMAP}_r",  # reversed: aligned pairs take the CKNNA heatmaps' colour
                 ),
             )
         )
 
     # --- Fig. 1B alignment vs energy error
     energy = results.get("energy") or {}
-    mae = energy.get("mae_mev_atom") or {}
+    per_structure = settings.get("energy_unit") == "ev_per_structure"  # seed 000 eqs. 1–4; else meV/atom
+    mae = energy.get("mae_ev" if per_structure else "mae_mev_atom") or {}
     if len(mae) >= 2:
         best = min(mae, key=mae.get)
         col = names.index(best)
@@ -163,6 +183,7 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
                     families=fam,
                     reference_name=best,
                     xlabel=f"CKNNA (k = {k_main}) with {best}",
+                    ylabel="energy MAE (eV per structure)" if per_structure else "energy MAE (meV/atom)",
                 ),
             )
         )
@@ -204,46 +225,76 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
                     local,
                     families=fam,
                     global_values=glob,
+                    global_label="TwoNN (all structures)",
                     logy=spread > 20,
                     ylabel=f"intrinsic dimension (local MLE, k = {ids['k']})",
                 ),
             )
         )
 
-    # --- Fig. 2B information-imbalance plane
-    for k in mats["ii_k"][-1:]:
+    # --- Fig. 2B information-imbalance planes coloured by other metrics; Fig. C9 planes at every k, by family
+    index_pairs = list(itertools.combinations(range(len(names)), 2))
+
+    def plane(k: int, **kwargs: Any) -> Any:
         mat = mats[f"ii@{k}"]
-        pairs = list(itertools.combinations(range(len(names)), 2))
+        return pa.information_imbalance_plane(
+            [mat[i, j] for i, j in index_pairs],
+            [mat[j, i] for i, j in index_pairs],
+            [(names[i], names[j]) for i, j in index_pairs],
+            same_family=[families[i] == families[j] for i, j in index_pairs],
+            **kwargs,
+        )
+
+    how = (
+        "Each point is a model pair (A, B) at (Δ(A→B), Δ(B→A)): near the origin they carry the same information, "
+        "near (1, 1) none in common; off the diagonal one model is more informative."
+    )
+    colourings = [("cknna", f"CKNNA (k = {k_main})"), ("dcor", "dCor")]
+    if "id_cor" in mats:
+        colourings.append(("id_cor", "I_d Cor"))
+    if index_pairs and mats["ii_k"]:
+        k = mats["ii_k"][-1]
+        for key, label in colourings:
+            plan.append(
+                Figure(
+                    f"fig2b_information_imbalance_plane_k{k}_{key}",
+                    f"Fig. 2B — information-imbalance plane (k = {k}) coloured by {label}",
+                    how + f" Colour: the pair's {label}; circles: same family, triangles: different families.",
+                    functools.partial(
+                        plane,
+                        k,
+                        color=[mats[key][i, j] for i, j in index_pairs],
+                        color_label=label,
+                        title=f"information imbalance, k = {k}",
+                    ),
+                )
+            )
+    for k in mats["ii_k"] if index_pairs else []:
         plan.append(
             Figure(
-                f"fig2b_information_imbalance_plane_k{k}",
-                f"Fig. 2B / C9 — information-imbalance plane (k = {k})",
-                "Each point is a model pair (A, B) at (Δ(A→B), Δ(B→A)): near the origin they carry the same "
-                "information, near (1, 1) none in common; off the diagonal one model is more informative.",
-                lambda mat=mat, pairs=pairs, k=k: pa.information_imbalance_plane(
-                    [mat[i, j] for i, j in pairs],
-                    [mat[j, i] for i, j in pairs],
-                    [(names[i], names[j]) for i, j in pairs],
-                    same_family=[families[i] == families[j] for i, j in pairs],
-                    title=f"information imbalance, k = {k}",
-                ),
+                f"figC9_information_imbalance_plane_k{k}",
+                f"Fig. C9 — information-imbalance plane (k = {k}), same vs different family",
+                how,
+                functools.partial(plane, k, title=f"information imbalance, k = {k}"),
             )
         )
 
-    # --- Fig. 1F tree
-    if len(names) >= 3:
+    # --- Fig. 1F tree (computed by the tree stage, drawn from its Newick text)
+    tree_result = results.get("tree") or {}
+    if tree_result:
 
         def draw_tree() -> Any:
-            dist = jsd_distance(np.clip(np.nan_to_num(mats["cknna"], nan=0.0), 0.0, None))
-            tree = neighbor_joining(np.asarray(dist, dtype=np.float64), names)
+            tree = Tree.from_newick(tree_result["newick"])
             return plot_tree(tree, families=fam, title=f"model tree from CKNNA (k = {k_main})").figure
 
+        left_out = tree_result.get("excluded") or []
         plan.append(
             Figure(
                 "fig1f_model_tree",
                 "Fig. 1F — evolutionary tree of the models",
                 "Neighbour-joining tree of the Jensen–Shannon distances between the models' CKNNA profiles; models on "
-                "nearby branches see the structures alike.",
+                "nearby branches see the structures alike."
+                + (f" Left out, as in seed 000: {', '.join(left_out)}." if left_out else ""),
                 draw_tree,
             )
         )
@@ -350,6 +401,23 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
                 ),
             )
         )
+        if f"single:{m}" in rec:
+            plan.append(
+                Figure(
+                    f"fig8_single_orders_{m}",
+                    f"Seed 003 Fig. 8, single orders — GFRE between cumulants κ̃i → κ̃j, {m}",
+                    "Cell (i, j): GFRE of the order-j cumulant alone from the order-i cumulant alone. Unlike φ, single "
+                    "orders are not nested, so neither triangle is 0 by construction: the first row shows how much "
+                    "of each higher order the mean (κ̃1) leaves unexplained.",
+                    functools.partial(
+                        pr.cumulant_order_heatmap,
+                        rec[f"single:{m}"],
+                        rec["orders"],
+                        title=f"{m}: κ̃i → κ̃j",
+                        single=True,
+                    ),
+                )
+            )
 
     # --- Fig. A1 CKNNA vs k
     ks = list(mats["cknna_k"])
