@@ -17,12 +17,15 @@ Cases (issue 11), each printed as a markdown table:
 - ``project``: the full seed-000 study (60 models x 5 datasets x N = 50,000) from each stage's warm cost measured at
   the study's own shape: 16 of the 60 inner-product searches, the pairs stage at 8 and 16 models (fitted
   lin·M + quad·M²), three tiles of the distance pass over all 60 models at the sweep's tile for that shape.
+- ``parts``: where one tile of that pass spends its time (products, squared distances, dCor's roots, the Gram, then
+  the pass with dCor only, information imbalance only and both), each step timed over four tiles in one scan.
 
     python benchmarks/bench_sweep.py pairs [--m 10 --n 10000]
     python benchmarks/bench_sweep.py scale [--m 16 --n 50000]
     python benchmarks/bench_sweep.py devices [--m 8 --n 5000]
     python benchmarks/bench_sweep.py null [--m 8 --n 2000 --draws 16]
     python benchmarks/bench_sweep.py project [--m 60 --n 50000]
+    python benchmarks/bench_sweep.py parts [--m 60 --n 50000]
 """
 
 from __future__ import annotations
@@ -294,9 +297,73 @@ def case_project(m: int = 60, n: int = 50_000, *, graph_models: int = 16, pass_t
     ]
 
 
+def case_parts(m: int = 60, n: int = 50_000, *, tiles: int = 4) -> list[str]:
+    """Where one tile of the distance pass spends its time, at the study's shape and tile: ``tiles`` tiles in one
+    ``lax.scan`` (buffers reused, as in the sweep) of progressively more of the pass — the distance products alone,
+    their expansion to squared distances, dCor's shifted square roots, the models-last copy and the M x M Gram —
+    then the pass itself with dCor only, information imbalance only (its Euclidean top-k and exact rank counts), and
+    both."""
+    from jaxalign.metrics.dcor import _safe_power
+    from jaxalign.sweep import _pass_tile
+    from jaxalign.tiling import pairwise_block
+
+    feats = study(m, n)
+    spaces = tuple(_prepare(jnp.asarray(x), exponent=1.0) for x in feats.values())
+    cells = _cells(None, list(feats))
+    tile = _pass_tile_size(n, m, 1, None)
+    rows = jnp.arange(tiles * tile, dtype=jnp.int32).reshape(tiles, tile)
+    valid = jnp.ones(tile, bool)
+
+    def scanned(fn: Callable[[jax.Array, tuple], Any]) -> Callable[[], Any]:
+        """fn over the tiles in one scan; the models' operands are arguments, not constants baked into the program."""
+
+        def run(rows: jax.Array, spaces: tuple) -> jax.Array:
+            def total(carry: jax.Array, r: jax.Array) -> tuple[jax.Array, None]:
+                out = fn(r, spaces)
+                return carry + sum(jnp.sum(v).astype(jnp.float32) for v in jax.tree_util.tree_leaves(out)), None
+
+            return jax.lax.scan(total, jnp.float32(0), rows)[0]
+
+        compiled = jax.jit(run)
+        return lambda: compiled(rows, spaces)
+
+    def powers(r: jax.Array, spaces: tuple) -> list[jax.Array]:
+        diag = r[:, None] == jnp.arange(n)[None, :]
+        out = []
+        for sp in spaces:
+            block = jnp.where(diag, 0.0, pairwise_block(sp.frame.rows[r], sp.frame.rows, "sqeuclidean"))
+            out.append(_safe_power(block * sp.frame.factor**2, 0.5) - sp.frame.shift)
+        return out
+
+    def gram(r: jax.Array, spaces: tuple) -> jax.Array:
+        left = jnp.stack(powers(r, spaces), -1).reshape(-1, m)
+        return jnp.matmul(left.T, left, precision=jax.lax.Precision.HIGHEST)
+
+    def pass_tile(dcor: bool, ii_k: tuple[int, ...]) -> Callable[[jax.Array, tuple], Any]:
+        part = functools.partial(_pass_tile, length=tile, exponent=1.0, ii_k=ii_k, dcor=dcor, cells=cells)
+        return lambda r, spaces: part(r, valid, spaces, jnp.int32(0))
+
+    highest = jax.lax.Precision.HIGHEST
+    steps = [
+        ("distance products (M blocks of tile x N)",
+         lambda r, sps: [jnp.matmul(sp.frame.rows[r], sp.frame.rows.T, precision=highest) for sp in sps]),
+        ("+ squared-distance expansion",
+         lambda r, sps: [pairwise_block(sp.frame.rows[r], sp.frame.rows, "sqeuclidean") for sp in sps]),
+        ("+ dCor's shifted square roots", powers),
+        ("+ models-last copy and M x M Gram", gram),
+        ("pass: dCor only", pass_tile(True, ())),
+        ("pass: information imbalance only (top-k, rank counts)", pass_tile(False, (1,))),
+        ("pass: both (the sweep's tile)", pass_tile(True, (1,))),
+    ]  # fmt: skip
+    rows_out = [f"| step (M = {m}, N = {n:,}, tile {tile}) | ms per tile |", "|---|---|"]
+    for name, fn in steps:
+        rows_out.append(f"| {name} | {_timed_call(scanned(fn)) / tiles * 1e3:.0f} |")
+    return rows_out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("case", choices=("pairs", "scale", "devices", "null", "project"))
+    parser.add_argument("case", choices=("pairs", "scale", "devices", "null", "project", "parts"))
     parser.add_argument("--m", type=int)
     parser.add_argument("--n", type=int)
     parser.add_argument("--draws", type=int, default=16)
@@ -309,6 +376,8 @@ def main() -> None:
         rows = case_devices(args.m or 8, args.n or 5000)
     elif args.case == "null":
         rows = case_null(args.m or 8, args.n or 2000, args.draws)
+    elif args.case == "parts":
+        rows = case_parts(args.m or 60, args.n or 50_000)
     else:
         rows = case_project(args.m or 60, args.n or 50_000)
     print("\n".join(rows))

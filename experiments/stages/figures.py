@@ -146,7 +146,7 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
     for k in mats["ii_k"]:
         plan.append(
             Figure(
-                f"figC9_information_imbalance_k{k}_heatmap",
+                f"figC_information_imbalance_k{k}_heatmap",
                 f"App. A.4 (seed 000 draws it as Fig. 2B / C9 planes) — information imbalance Δ(row → column), k = {k}",
                 "Low Δ(A→B) means A's neighbourhoods predict B's; compare a cell with its mirror to see which model is "
                 "more informative.",
@@ -249,12 +249,12 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
         "Each point is a model pair (A, B) at (Δ(A→B), Δ(B→A)): near the origin they carry the same information, "
         "near (1, 1) none in common; off the diagonal one model is more informative."
     )
-    colourings = [("cknna", f"CKNNA (k = {k_main})"), ("dcor", "dCor")]
+    colourings = [("cknna", f"CKNNA (k = {k_main})", f"CKNNA (k = {k_main})"), ("dcor", "dCor", "dCor")]
     if "id_cor" in mats:
-        colourings.append(("id_cor", "I_d Cor"))
+        colourings.append(("id_cor", "I_d Cor", "$I_d$ Cor"))
     if index_pairs and mats["ii_k"]:
         k = mats["ii_k"][-1]
-        for key, label in colourings:
+        for key, label, bar_label in colourings:
             plan.append(
                 Figure(
                     f"fig2b_information_imbalance_plane_k{k}_{key}",
@@ -264,7 +264,7 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
                         plane,
                         k,
                         color=[mats[key][i, j] for i, j in index_pairs],
-                        color_label=label,
+                        color_label=bar_label,
                         title=f"information imbalance, k = {k}",
                     ),
                 )
