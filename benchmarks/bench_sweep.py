@@ -229,14 +229,6 @@ def case_null(m: int, n: int, draws: int) -> list[str]:
     return rows
 
 
-def _timed_call(fn: Callable[[], Any]) -> float:
-    """Seconds of one warm call of ``fn`` (a first, untimed call compiles)."""
-    jax.block_until_ready(fn())
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
-
-
 def case_project(m: int = 60, n: int = 50_000, *, graph_models: int = 16, pass_tiles: int = 3) -> list[str]:
     """The full seed-000 study (m models x 5 datasets x n rows) from each stage's cost measured at the study's own
     shape — not fitted from smaller N, where the pass's blocks fit in cache and its cost per entry is lower:
@@ -264,7 +256,7 @@ def case_project(m: int = 60, n: int = 50_000, *, graph_models: int = 16, pass_t
 
     def pairs(count: int) -> float:
         cells = _cells(None, list(feats)[:count])
-        return _timed_call(lambda: _pair_matrices(arrays[:count], graphs[:count], cells, METRICS, (K,), K, None))
+        return measure(lambda: _pair_matrices(arrays[:count], graphs[:count], cells, METRICS, (K,), K, None)).seconds
 
     (a_m, a), (b_m, b) = ((c, pairs(c)) for c in (8, 16))
     quad = max(0.0, (b * a_m - a * b_m) / (b_m * b_m * a_m - a_m * a_m * b_m))
@@ -276,7 +268,7 @@ def case_project(m: int = 60, n: int = 50_000, *, graph_models: int = 16, pass_t
     rows = jnp.arange(pass_tiles * tile, dtype=jnp.int32)
     unit = functools.partial(_pass_unit, rows, spaces, jnp.int32(0), length=rows.shape[0], exponent=1.0,
                              ii_k=(1,), dcor=True, cells=_cells(None, list(feats)), tile=tile, mesh=None)  # fmt: skip
-    per_tile = _timed_call(unit) / pass_tiles
+    per_tile = measure(unit).seconds / pass_tiles  # warm: the first call compiles
     pass_s = per_tile * -(-n // tile)
     pass_flops = 2.0 * tile * n * (sum(widths) + m * m)  # every model's block and the M x M Gram, per tile
     search_flops = 2.0 * n * n * float(np.mean([arrays[i].shape[1] for i in range(graph_models)]))
@@ -357,7 +349,7 @@ def case_parts(m: int = 60, n: int = 50_000, *, tiles: int = 4) -> list[str]:
     ]  # fmt: skip
     rows_out = [f"| step (M = {m}, N = {n:,}, tile {tile}) | ms per tile |", "|---|---|"]
     for name, fn in steps:
-        rows_out.append(f"| {name} | {_timed_call(scanned(fn)) / tiles * 1e3:.0f} |")
+        rows_out.append(f"| {name} | {measure(scanned(fn)).seconds / tiles * 1e3:.0f} |")
     return rows_out
 
 

@@ -94,6 +94,23 @@ def _source_digest(paths: Sequence[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def _metadata(models_cfg: Mapping[str, Any], aligned: Any) -> dict[str, dict[str, Any]]:
+    """Each compared model's registry metadata with the run's corrections (``models.meta.<id>.<field>``)."""
+    from extractors.metadata import model_meta
+
+    overrides = dict(models_cfg.get("meta") or {})
+    unknown = sorted(set(overrides) - set(aligned.models) - set(models_cfg.get("ids") or []))
+    if unknown:
+        raise ValueError(f"models.meta names models this run does not have: {unknown}; use ids from models.ids.")
+    out = {}
+    for m in aligned.models:
+        try:
+            out[m] = model_meta(m, aligned.family(m), overrides.get(m)).as_dict()
+        except ValueError as err:
+            raise ValueError(f"models.meta.{m}: {err}") from None
+    return out
+
+
 def _model_rows(runs: Sequence[Any], aligned: Any) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
@@ -163,6 +180,7 @@ def _save_results(run_dir: Path, results: Mapping[str, Any]) -> None:
         "cknna_k_sweep": results["matrices"]["cknna_k"],
         "significance": {k: v for k, v in sig.items() if not isinstance(v, np.ndarray)},
         "id_correlation": dict(results.get("id_correlation") or {}),
+        "metadata": results.get("metadata") or {},
     }
     write_json(out / "results.json", summary)
     if results.get("tree"):
@@ -253,6 +271,7 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
     acfg = dict(cfg["analysis"])
     aligned = align_models(runs, s["n_selected"], min_coverage=float(acfg.get("min_coverage", 0.5)))
     ctx = Context(aligned, acfg, cache_dir / "analysis", progress=progress, fail_after=debug.get("fail_after_items"))
+    metadata = _metadata(cfg["models"], aligned)
 
     with stage("matrices") as e:
         mats = alignment_matrices(ctx, e)
@@ -315,6 +334,8 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         "energy": energy,
         "maps": maps,
         "umap": umap,
+        "metadata": metadata,
+        "n_params": {r.model: r.info.get("n_params") for r in runs if r.model in aligned.models},
         "ood_mask": np.array([id_of[i]["split"] == "ood" for i in aligned.ids.tolist()]),
         "n_atoms": np.array([id_of[i]["n_atoms"] for i in aligned.ids.tolist()]),
     }

@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m extractors", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="list registered models and their status")
-    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument("--json", action="store_true", help="machine-readable output (metadata included)")
+    ls.add_argument("--long", action="store_true", help="also each model's metadata (architecture, training data, …)")
     run = sub.add_parser("run", help="extract embeddings into DIR/<model>__<dataset>__<layer>.npz")
     run.add_argument("--model", required=True, help="model id (see `list`)")
     run.add_argument("--dataset", required=True, help="default | default:id | default:ood | KIND:PATH | PATH")
@@ -67,12 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _list(as_json: bool) -> int:
+def _list(as_json: bool, long: bool = False) -> int:
+    from extractors.metadata import model_meta
     from extractors.registry import available, specs
 
     rows = []
     for spec in specs().values():
         missing = available(spec)
+        meta = model_meta(spec.id, spec.family)
         rows.append(
             {
                 "id": spec.id,
@@ -80,16 +83,28 @@ def _list(as_json: bool) -> int:
                 "status": spec.status,
                 "here": "yes" if not missing else "missing " + ",".join(missing),
                 "description": spec.description,
+                "architecture": meta.architecture,
+                "modality": meta.modality,
+                "training data": ", ".join(meta.training_data) or "—",
+                "level of theory": meta.level_of_theory,
+                "equivariance": meta.equivariance,
+                "energy head": "yes" if meta.energy_head else "no",
+                "citation": meta.citation,
             }
         )
     if as_json:
         print(json.dumps(rows, indent=1))
         return 0
-    cols = ("id", "family", "status", "here", "description")
+    cols: tuple[str, ...] = ("id", "family", "status", "here", "description")
+    if long:
+        cols = ("id", "status", "architecture", "modality", "training data", "level of theory", "equivariance",
+                "energy head", "citation")  # fmt: skip
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
     print("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
     for r in rows:
         print("  ".join(r[c].ljust(widths[c]) for c in cols).rstrip())
+    if long:
+        print("(parameter counts are measured when a model is loaded: n_params in each embedding file's metadata)")
     return 0
 
 
@@ -154,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     if args.command == "list":
-        return _list(args.json)
+        return _list(args.json, args.long)
     die_with_parent()
     try:
         return _run(args, argv)

@@ -17,13 +17,22 @@ import numpy as np
 
 from jaxalign._checks import as_features, is_concrete
 
-__all__ = ["center_scale_total_variance", "clamp_quantile", "l2_normalize", "max_normalize", "mean_pool"]
+__all__ = ["center_scale_total_variance", "clamp_quantile", "l2_normalize", "max_normalize", "mean_pool", "standardize"]
 
 
 def l2_normalize(x: Any, eps: float = 1e-12) -> jax.Array:
     """Rows divided by their Euclidean norm, x_i / max(‖x_i‖, eps) (platonic-rep normalises before every metric)."""
     x = as_features(x, "x", min_rows=1)
     return x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), eps)
+
+
+def standardize(x: Any) -> jax.Array:
+    """Columns to zero mean and unit standard deviation (ddof 1, as torch's ``std``), (x − mean_j) / std_j; a constant
+    column becomes 0 (I_d Cor standardises each representation this way, Basile et al. 2025)."""
+    x = as_features(x, "x", min_rows=2)
+    centred = x - x.mean(0)
+    std = centred.std(0, ddof=1)
+    return centred / jnp.where(std > 0, std, 1.0)
 
 
 def clamp_quantile(x: Any, q: float = 0.95) -> jax.Array:

@@ -36,7 +36,8 @@ REQUIRED_FIGURES = {
     "fig2b_information_imbalance_plane_k1_cknna",
     "fig2b_information_imbalance_plane_k1_dcor",
     "fig2b_information_imbalance_plane_k1_id_cor",
-    "figC9_information_imbalance_plane_k1",
+    "figC9_information_imbalance_plane_k1_training_data",
+    "figC9_information_imbalance_plane_k1_equivariance",
     "fig2d_energy_error_maps",
     "fig_s003_gfre_atom",
     "fig_s003_lfre_atom",
@@ -114,6 +115,9 @@ def test_small_run_writes_every_figure_and_the_report(first_run: Path) -> None:
     off = ~np.eye(4, dtype=bool)
     assert np.isfinite(idcor[off]).all() and ((p[off] >= 1 / 20) & (p[off] <= 1)).all()  # analysis=quick: 19 draws
     np.testing.assert_array_equal(idcor, idcor.T)
+    meta = read_json(first_run / "results" / "results.json")["metadata"]
+    assert meta["chgnet-0.3.0"]["equivariance"] == "invariant" and meta["chgnet-0.3.0"]["training_data"] == ["MPtrj"]
+    assert meta["random"]["energy_head"] is False
     checks = read_json(first_run / "results" / "results.json")["checks"]
     assert len(checks) == 6  # the six findings of the seeds, each with numbers and a verdict
     assert all(c["numbers"] and c["passed"] in (True, False, None) for c in checks)

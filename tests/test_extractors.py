@@ -345,3 +345,30 @@ def test_cli_list_and_stopped_run_resumes(tmp_path):
     assert emb.structure_ids.tolist() == [f"frames:{i}" for i in range(5)] and emb.n_atoms.tolist() == [5, 3, 4, 3, 8]
     bad = _cli("run", "--model", "nope", "--dataset", str(xyz), "--out", str(tmp_path), check=False)
     assert bad.returncode == 2 and "unknown model 'nope'" in bad.stderr
+
+
+def test_every_registered_model_has_metadata_and_list_long_shows_it():
+    """The studies group and colour models by these fields (seed 000 Figs. 1B, 1E, C9): every registered model has
+    them, with a valid equivariance, and ``list --long`` prints them."""
+    from extractors.metadata import EQUIVARIANCE, MODEL_META, merged, model_meta
+
+    table = specs()
+    assert set(MODEL_META) <= set(table)  # no metadata for a model that does not exist
+    for spec in table.values():
+        meta = model_meta(spec.id, spec.family)
+        assert meta.equivariance in EQUIVARIANCE and meta.architecture and meta.modality and meta.citation
+        assert meta.energy_head == (spec.family not in ("soap", "morgan", "minilm", "hf_chem", "hf_llm", "fair_esm",
+                                                        "esm3", "prostt5", "baseline"))  # fmt: skip
+    assert model_meta("chgnet-r2scan", "chgnet").level_of_theory == "r2SCAN"
+    assert model_meta("mace-off23-small", "mace").training_data == ("SPICE",)
+    fixed = model_meta("7net-0", "sevennet", {"training_data": ["MPtrj", "OMat24"]})
+    assert fixed.training_data == ("MPtrj", "OMat24") and fixed.equivariance == "equivariant"
+    with pytest.raises(ValueError, match="unknown fields \\['trainingdata'\\]"):
+        merged(fixed, {"trainingdata": ["x"]})
+    with pytest.raises(ValueError, match="equivariance"):
+        model_meta("7net-0", "sevennet", {"equivariance": "maybe"})
+    listing = _cli("list", "--long").stdout.splitlines()
+    assert "EQUIVARIANCE" in listing[0] and "TRAINING DATA" in listing[0]
+    assert any(line.startswith("chgnet-r2scan") and "r2SCAN" in line and "invariant" in line for line in listing)
+    rows = {r["id"]: r for r in json.loads(_cli("list", "--json").stdout)}
+    assert rows["mace-mp-0-small"]["equivariance"] == "equivariant"

@@ -259,6 +259,21 @@ def test_alignment_vs_energy_error(zoo):
     assert ax.get_xlabel() == f"alignment with {ref}"
 
 
+def test_alignment_vs_energy_error_sizes_points_by_parameter_count(zoo):
+    """Seed 000 Fig. 1B: point area grows with the model's parameter count (log scale); unknown counts keep the
+    default size."""
+    names, fams, _ = zoo
+    n = len(names)
+    params = np.logspace(5, 9, n)
+    params[0] = np.nan
+    fig = al.alignment_vs_energy_error(np.linspace(0.1, 0.9, n), np.linspace(90, 10, n), names, families=fams,
+                                       n_params=params)  # fmt: skip
+    ax = fig.axes[0]
+    sizes = np.concatenate([c.get_sizes() for c in ax.collections])
+    assert sizes.min() >= 25 and sizes.max() == pytest.approx(260) and 46 in sizes
+    assert "area ∝ log(parameters)" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
 def test_alignment_vs_energy_error_bad_inputs(zoo):
     names, _, _ = zoo
     n = len(names)

@@ -64,3 +64,17 @@ def test_mean_pool_matches_loop():
         mean_pool(feats, seg, num_segments=6)
     with pytest.raises(ValueError, match="`segment_ids`"):
         mean_pool(feats, seg[:-1])
+
+
+def test_standardize_matches_numpy_and_zeroes_constant_columns():
+    from jaxalign.preprocessing import standardize
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 4)) * [1e-6, 1.0, 1e6, 3.0] + 5.0
+    x[:, 3] = 7.0  # a constant column
+    got = np.asarray(standardize(x.astype(np.float64)))
+    want = (x[:, :3] - x[:, :3].mean(0)) / x[:, :3].std(0, ddof=1)
+    np.testing.assert_allclose(got[:, :3], want, rtol=1e-5)
+    assert np.all(got[:, 3] == 0.0)
+    with pytest.raises(ValueError, match="`x`"):
+        standardize(np.ones((1, 3)))

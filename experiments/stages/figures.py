@@ -91,6 +91,7 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
     mats = results["matrices"]
     k_main = int(mats["cknna_k_main"])
     settings = results.get("figure_settings") or {}
+    meta = results.get("metadata") or {}
     include_self = bool(settings.get("family_include_self", False))
     fam = dict(zip(names, families, strict=True))
     plan: list[Figure] = []
@@ -165,6 +166,7 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
     # --- Fig. 1B alignment vs energy error
     energy = results.get("energy") or {}
     per_structure = settings.get("energy_unit") == "ev_per_structure"  # seed 000 eqs. 1–4; else meV/atom
+    n_params = results.get("n_params") or {}
     mae = energy.get("mae_ev" if per_structure else "mae_mev_atom") or {}
     if len(mae) >= 2:
         best = min(mae, key=mae.get)
@@ -182,6 +184,7 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
                     names,
                     families=fam,
                     reference_name=best,
+                    n_params=[float(n_params.get(n) or np.nan) for n in names],
                     xlabel=f"CKNNA (k = {k_main}) with {best}",
                     ylabel="energy MAE (eV per structure)" if per_structure else "energy MAE (meV/atom)",
                 ),
@@ -214,16 +217,20 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
         local = {n: np.where(v <= LOCAL_ID_CAP, v, np.nan) for n, v in local.items()}
         glob = {n: float(ids[n]["twonn"]) for n in names}
         spread = max(glob.values()) / max(min(glob.values()), 1e-9)
+        symmetry = {n: meta[n]["equivariance"] for n in names if n in meta} if len(meta) == len(names) else {}
+        order = {"invariant": 0, "equivariant": 1, "neither": 2}
+        by_symmetry = sorted(names, key=lambda n: order.get(symmetry.get(n, ""), 3)) if symmetry else names
         plan.append(
             Figure(
                 "fig1e_intrinsic_dimension_violins",
                 "Fig. 1E / C7 — intrinsic dimension of each model's embedding",
                 f"Violins: per-structure Levina–Bickel estimates (k = {ids['k']}; values above {LOCAL_ID_CAP:g}, from "
-                "neighbours at one distance, count as n/a); diamonds: TwoNN on all structures. The random baseline "
-                "should sit far above the trained models.",
+                "neighbours at one distance, count as n/a); diamonds: TwoNN on all structures"
+                + ("; colour: the architecture's equivariance, as seed 000 groups them" if symmetry else "")
+                + ". The random baseline should sit far above the trained models.",
                 lambda: pid.intrinsic_dimension_violins(
-                    local,
-                    families=fam,
+                    {n: local[n] for n in by_symmetry},
+                    families=symmetry or fam,
                     global_values=glob,
                     global_label="TwoNN (all structures)",
                     logy=spread > 20,
@@ -237,11 +244,11 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
 
     def plane(k: int, **kwargs: Any) -> Any:
         mat = mats[f"ii@{k}"]
+        kwargs.setdefault("same_family", [families[i] == families[j] for i, j in index_pairs])
         return pa.information_imbalance_plane(
             [mat[i, j] for i, j in index_pairs],
             [mat[j, i] for i, j in index_pairs],
             [(names[i], names[j]) for i, j in index_pairs],
-            same_family=[families[i] == families[j] for i, j in index_pairs],
             **kwargs,
         )
 
@@ -269,15 +276,27 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
                     ),
                 )
             )
+    groupings = [("family", [families[i] == families[j] for i, j in index_pairs], ("same family", "different family"))]
+    if len(meta) == len(names):
+        shared = [bool(set(meta[names[i]]["training_data"]) & set(meta[names[j]]["training_data"]))
+                  for i, j in index_pairs]  # fmt: skip
+        same_symmetry = [meta[names[i]]["equivariance"] == meta[names[j]]["equivariance"] for i, j in index_pairs]
+        groupings = [
+            ("training_data", shared, ("shared training data", "no shared training data")),
+            ("equivariance", same_symmetry, ("same equivariance", "different equivariance")),
+        ]
     for k in mats["ii_k"] if index_pairs else []:
-        plan.append(
-            Figure(
-                f"figC9_information_imbalance_plane_k{k}",
-                f"Fig. C9 — information-imbalance plane (k = {k}), same vs different family",
-                how,
-                functools.partial(plane, k, title=f"information imbalance, k = {k}"),
+        for key, groups, labels in groupings:
+            plan.append(
+                Figure(
+                    f"figC9_information_imbalance_plane_k{k}_{key}",
+                    f"Fig. C9 — information-imbalance plane (k = {k}), {labels[0]} vs {labels[1]}",
+                    how,
+                    functools.partial(
+                        plane, k, title=f"information imbalance, k = {k}", same_family=groups, group_labels=labels
+                    ),
+                )
             )
-        )
 
     # --- Fig. 1F tree (computed by the tree stage, drawn from its Newick text)
     tree_result = results.get("tree") or {}

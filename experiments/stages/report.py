@@ -336,6 +336,16 @@ def build_blocks(results: Mapping[str, Any], context: Mapping[str, Any], figures
             "(unsupported elements, SMILES that RDKit cannot derive); such structures leave the comparison.",
         )
     )
+    meta = results.get("metadata") or {}
+    if meta:
+        b.append(("h", 3, "Model metadata (extractors.metadata; corrections: models.meta.<id>.<field>)"))
+        head = ["model", "architecture", "modality", "training data", "level of theory", "equivariance", "energy head"]
+        rows = [
+            [m, d["architecture"], d["modality"], ", ".join(d["training_data"]) or "—", d["level_of_theory"],
+             d["equivariance"], "yes" if d["energy_head"] else "no"]
+            for m, d in meta.items()
+        ]  # fmt: skip
+        b.append(("table", head, rows))
 
     b.append(("h", 2, "Figures"))
     for f in figures:

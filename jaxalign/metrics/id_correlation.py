@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 
 from jaxalign._checks import as_features
 from jaxalign.metrics.intrinsic_dimension import twonn
+from jaxalign.preprocessing import l2_normalize, standardize
 
 __all__ = ["IdCorrelation", "id_correlation", "id_correlation_features"]
 
@@ -51,15 +52,10 @@ class IdCorrelation:
 
 
 def id_correlation_features(x: Any) -> jax.Array:
-    """A representation as :func:`id_correlation` compares it (``standardize=True``): columns standardised (zero
-    mean, unit standard deviation with ddof 1; constant columns become 0), then rows L2-normalised (zero rows stay 0).
+    """A representation as :func:`id_correlation` compares it (``standardize=True``): columns standardised
+    (:func:`jaxalign.preprocessing.standardize`), then rows L2-normalised (:func:`jaxalign.preprocessing.l2_normalize`).
     (N, d) → (N, d). Prepare once, then pass ``standardize=False`` (e.g. after an isometric compaction)."""
-    x = as_features(x, "x", min_rows=2)
-    x = x - x.mean(0)
-    std = x.std(0, ddof=1)
-    x = x / jnp.where(std > 0, std, 1.0)
-    norm = jnp.linalg.norm(x, axis=1, keepdims=True)
-    return x / jnp.where(norm > 0, norm, 1.0)
+    return l2_normalize(standardize(x))
 
 
 def id_correlation(

@@ -234,13 +234,26 @@ def family_heatmap(
 
 
 def _scatter_by_family(ax: Any, x: np.ndarray, y: np.ndarray, fams: list[str] | None, palette: dict, **kw: Any) -> None:
+    """Scatter coloured by family; a per-point array ``s`` (marker areas) is split with the points."""
+    sizes = kw.pop("s", None)
     if fams is None:
-        ax.scatter(x, y, color="C0", **kw)
+        ax.scatter(x, y, color="C0", s=sizes, **kw)
         return
     for fam, color in palette.items():
         sel = np.array([f == fam for f in fams], dtype=bool)
         if sel.any():
-            ax.scatter(x[sel], y[sel], color=color, label=fam, **kw)
+            area = sizes[sel] if isinstance(sizes, np.ndarray) else sizes
+            ax.scatter(x[sel], y[sel], color=color, label=fam, s=area, **kw)
+
+
+def _areas(n_params: np.ndarray, *, low: float = 25.0, high: float = 260.0, missing: float = 46.0) -> np.ndarray:
+    """Marker areas growing with log10 of the parameter count (seed 000 Fig. 1B, 3: point size by model size)."""
+    logs = np.log10(np.where(n_params > 0, n_params, np.nan))
+    finite = logs[np.isfinite(logs)]
+    if finite.size == 0:
+        return np.full(n_params.shape, missing)
+    span = max(float(finite.max() - finite.min()), 1e-9)
+    return np.where(np.isfinite(logs), low + (high - low) * (logs - finite.min()) / span, missing)
 
 
 def _style_axes(ax: Any, xlabel: str, ylabel: str, title: str | None) -> None:
@@ -274,6 +287,7 @@ def alignment_vs_energy_error(
     logy: bool | None = None,
     labels: bool = True,
     colors: Mapping[str, Any] | None = None,
+    n_params: Any = None,
 ) -> Any:
     """Alignment with a reference model against each model's energy error (seed 000 Fig. 1B, 3).
 
@@ -293,6 +307,8 @@ def alignment_vs_energy_error(
       logy: log-scale errors (default: when the positive errors span more than a factor of 30).
       labels: label each point with its (shortened) name, placed so labels do not overlap.
       colors: family → colour overrides.
+      n_params: optional parameter count per model: marker area grows with its logarithm, as in seed 000 (NaN or
+        0: the default size).
 
     Returns:
       The Figure (one axes).
@@ -300,6 +316,7 @@ def alignment_vs_energy_error(
     from matplotlib.lines import Line2D
 
     x = style.as_vector(alignment, "alignment")
+    areas = None if n_params is None else _areas(style.as_vector(n_params, "n_params", len(x), against="alignment"))
     names = style.check_names(names, len(x), against="alignment")
     y = style.as_vector(mae, "mae", len(x), against="alignment")
     if np.any(y[np.isfinite(y)] < 0):
@@ -318,8 +335,12 @@ def alignment_vs_energy_error(
     pts = shown & ~is_ref
     point_colors = [palette[f] for f in fams] if fams is not None else ["C0"] * len(names)
     shown_fams = [fams[i] for i in np.flatnonzero(pts)] if fams is not None else None
-    _scatter_by_family(ax, x[pts], y[pts], shown_fams, palette, s=46, edgecolor="white", linewidth=0.6, zorder=3)
+    point_areas = 46 if areas is None else areas[pts]
+    _scatter_by_family(ax, x[pts], y[pts], shown_fams, palette, s=point_areas, edgecolor="white", linewidth=0.6,
+                       zorder=3)  # fmt: skip
     handles = _family_handles(palette, [fams[i] for i in np.flatnonzero(shown)] if fams is not None else [])
+    if areas is not None:
+        handles.append(Line2D([], [], ls="", marker="o", color="0.7", markersize=9, label="area ∝ log(parameters)"))
     if (shown & is_ref).any():
         i = int(np.flatnonzero(shown & is_ref)[0])
         ax.scatter([x[i]], [y[i]], marker="*", s=200, color=point_colors[i], edgecolor="black", linewidth=0.6, zorder=4)
