@@ -231,21 +231,21 @@ def reconstruction(ctx: Context, entry: dict[str, Any]) -> dict[str, Any]:
             mat = pair_matrix(values, models, f, symmetric=False, prefix=f"{level}:")
             np.fill_diagonal(mat, 0.0)  # a space reconstructs itself exactly; not computed
             out[f"{level}_{f}"] = mat
+
+    def order_matrix(kind: str, m: str, field: str) -> np.ndarray:
+        """(orders, orders) matrix of ``field`` over the items ``<kind>:<m>:<i>|<j>``; 0 on the diagonal."""
+        mat = np.zeros((len(orders), len(orders)))
+        for a, i in enumerate(orders):
+            for b, j in enumerate(orders):
+                if i != j:
+                    mat[a, b] = values[f"{kind}:{m}:{i}|{j}"][field]
+        return mat
+
     for m in order_models:
-        for kind in ("order", "single"):  # φ(i) → φ(j) (nested: 0 for i > j by construction) and κ̃_i → κ̃_j
-            mat = np.zeros((len(orders), len(orders)))
-            for a, i in enumerate(orders):
-                for b, j in enumerate(orders):
-                    if i != j:
-                        mat[a, b] = values[f"{kind}:{m}:{i}|{j}"]["gfre"]
-            out[f"{kind}:{m}"] = mat
+        out[f"order:{m}"] = order_matrix("order", m, "gfre")  # φ(i) → φ(j): nested, 0 for i > j by construction
+        out[f"single:{m}"] = order_matrix("single", m, "gfre")  # κ̃_i → κ̃_j
         if order_lfre:
-            mat = np.zeros((len(orders), len(orders)))
-            for a, i in enumerate(orders):
-                for b, j in enumerate(orders):
-                    if i != j:
-                        mat[a, b] = values[f"order:{m}:{i}|{j}"]["lfre"]
-            out[f"order_lfre:{m}"] = mat
+            out[f"order_lfre:{m}"] = order_matrix("order", m, "lfre")
         if top_orders:
             out[f"next:{m}"] = values[f"next:{m}:{top_orders[0]}|{top_orders[1]}"]["gfre"]
     entry["summary"] = (
