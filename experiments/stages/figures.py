@@ -322,41 +322,33 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
     maps = results.get("maps") or {}
     ood = results.get("ood_mask")
     if maps:
-        coords = {n: maps[n] for n in names if n in maps}
         size = results.get("n_atoms")
-        plan.append(
-            Figure(
-                "fig2a_structure_maps",
-                "Fig. 2A — 2-D PCovR maps of the structures, one per model",
-                "Each point is a structure, coloured by its number of atoms; out-of-distribution (strained) structures "
-                "are circled in red. Compare how models arrange the same structures.",
-                lambda: pm.map_grid(
-                    coords,
-                    color=None if size is None else np.asarray(size, float),
-                    color_label="atoms per structure",
-                    ood_mask=ood,
-                    log_color=True,
-                    xlabel="PCov 1",
-                    ylabel="PCov 2",
-                ),
-            )
-        )
         umap = results.get("umap") or {}
-        if umap:
+        kinds = [
+            ("fig2a_structure_maps", "Fig. 2A — 2-D PCovR maps of the structures, one per model", "PCov", maps,
+             "Each point is a structure, coloured by its number of atoms; out-of-distribution (strained) structures "
+             "are circled in red. Compare how models arrange the same structures."),
+            ("fig2a_structure_maps_umap", "Fig. 2A (UMAP) — 2-D UMAP maps of the structures, one per model", "UMAP",
+             umap, "As above with UMAP (15 neighbours) instead of PCovR: local neighbourhoods are kept, distances "
+             "between clusters are not meaningful."),
+        ]  # fmt: skip
+        for stem, title, axis, coords, how_to_read in kinds:
+            if not coords:
+                continue
             plan.append(
                 Figure(
-                    "fig2a_structure_maps_umap",
-                    "Fig. 2A (UMAP) — 2-D UMAP maps of the structures, one per model",
-                    "As above with UMAP (15 neighbours) instead of PCovR: local neighbourhoods are kept, distances "
-                    "between clusters are not meaningful.",
-                    lambda: pm.map_grid(
-                        {n: umap[n] for n in names if n in umap},
+                    stem,
+                    title,
+                    how_to_read,
+                    functools.partial(
+                        pm.map_grid,
+                        {n: coords[n] for n in names if n in coords},
                         color=None if size is None else np.asarray(size, float),
                         color_label="atoms per structure",
                         ood_mask=ood,
                         log_color=True,
-                        xlabel="UMAP 1",
-                        ylabel="UMAP 2",
+                        xlabel=f"{axis} 1",
+                        ylabel=f"{axis} 2",
                     ),
                 )
             )
