@@ -28,6 +28,7 @@ SMALL = [f"models.ids={MODELS}", "dataset.n=40", "analysis=quick", "analysis.ckn
 REQUIRED_FIGURES = {
     "fig1a_cknna_heatmap",
     "fig1b_alignment_vs_energy_error",
+    "fig3_dcor_vs_energy_error",
     "fig1c_cknna_family_heatmap",
     "fig1d_cknna_vs_dcor",
     "fig1e_intrinsic_dimension_violins",

@@ -172,24 +172,31 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
         best = min(mae, key=mae.get)
         col = names.index(best)
         err = np.array([mae.get(n, np.nan) for n in names])
-        plan.append(
-            Figure(
-                "fig1b_alignment_vs_energy_error",
-                f"Fig. 1B / 3 — alignment with the most accurate model ({best}) against energy error",
-                f"x: CKNNA with {best}; y: energy-regression MAE against the {energy['reference']} reference. Points "
-                "falling from left to right mean that better models align more with the best one.",
-                lambda: pa.alignment_vs_energy_error(
-                    mats["cknna"][:, col],
-                    err,
-                    names,
-                    families=fam,
-                    reference_name=best,
-                    n_params=[float(n_params.get(n) or np.nan) for n in names],
-                    xlabel=f"CKNNA (k = {k_main}) with {best}",
-                    ylabel="energy MAE (eV per structure)" if per_structure else "energy MAE (meV/atom)",
-                ),
+        # Fig. 1B measures alignment with CKNNA; Fig. 3 with dCor, a global measure, for out-of-distribution inputs
+        for stem, title, key, label in (
+            ("fig1b_alignment_vs_energy_error", "Fig. 1B", "cknna", f"CKNNA (k = {k_main})"),
+            ("fig3_dcor_vs_energy_error", "Fig. 3", "dcor", "dCor"),
+        ):
+            plan.append(
+                Figure(
+                    stem,
+                    f"{title} — {label} with the most accurate model ({best}) against energy error",
+                    f"x: {label} with {best}; y: energy-regression MAE against the {energy['reference']} reference; "
+                    "point area grows with the model's parameter count. Points falling from left to right mean that "
+                    "better models align more with the best one.",
+                    functools.partial(
+                        pa.alignment_vs_energy_error,
+                        mats[key][:, col],
+                        err,
+                        names,
+                        families=fam,
+                        reference_name=best,
+                        n_params=[float(n_params.get(n) or np.nan) for n in names],
+                        xlabel=f"{label} with {best}",
+                        ylabel="energy MAE (eV per structure)" if per_structure else "energy MAE (meV/atom)",
+                    ),
+                )
             )
-        )
 
     # --- Fig. 1D CKNNA vs dCor
     plan.append(
