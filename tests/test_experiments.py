@@ -34,6 +34,7 @@ REQUIRED_FIGURES = {
     "fig1e_intrinsic_dimension_violins",
     "fig1f_model_tree",
     "fig2a_structure_maps",
+    "fig2a_structure_maps_umap",  # umap-learn is in the experiments extra (seed 000 Fig. 2A uses UMAP)
     "fig2b_information_imbalance_plane_k1_cknna",
     "fig2b_information_imbalance_plane_k1_dcor",
     "fig2b_information_imbalance_plane_k1_id_cor",
