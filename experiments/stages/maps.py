@@ -63,7 +63,7 @@ def umap_maps(ctx: Context, entry: dict[str, Any]) -> dict[str, np.ndarray]:
         return read_npz(path)
     out = {}
     for m in ctx.models:
-        reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, random_state=0)
+        reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, random_state=0, n_jobs=1)  # seeded: one thread
         out[m] = np.asarray(reducer.fit_transform(ctx.features(m)), dtype=np.float32)
         entry["computed"] += 1
         beat()
