@@ -114,9 +114,12 @@ class StageLog:
         self.stages: list[dict[str, Any]] = []
 
     @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[dict[str, Any]]:
-        """Time a stage; the body fills ``computed``/``cached`` counts and a ``summary`` in the yielded dict."""
+    def stage(self, name: str, dataset: str | None = None) -> Iterator[dict[str, Any]]:
+        """Time a stage (of one ``dataset`` of the study, or of the whole run); the body fills ``computed``/``cached``
+        counts and a ``summary`` in the yielded dict."""
         entry: dict[str, Any] = {"stage": name, "computed": 0, "cached": 0, "summary": ""}
+        if dataset is not None:
+            entry["dataset"] = dataset
         start = time.perf_counter()
         try:
             yield entry
@@ -128,8 +131,9 @@ class StageLog:
         if self.echo:
             import sys
 
+            where = name if dataset is None else f"{dataset}/{name}"
             print(
-                f"[{name}] {entry['summary']} ({entry['computed']} computed, {entry['cached']} cached, "
+                f"[{where}] {entry['summary']} ({entry['computed']} computed, {entry['cached']} cached, "
                 f"{entry['seconds']:.1f} s)",
                 file=sys.stderr,
                 flush=True,

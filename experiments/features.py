@@ -59,6 +59,9 @@ def align_models(runs: Sequence[Any], n_drawn: int, *, min_coverage: float, min_
     coverage: dict[str, float] = {}
     kept = []
     for run in runs:
+        if run.unread is not None:
+            excluded[run.model] = f"not run on this dataset: {run.unread}"
+            continue
         if run.path is None:
             excluded[run.model] = f"extraction failed: {run.error}"
             continue

@@ -1,11 +1,16 @@
-"""The experiment pipeline behind ``python experiments/run.py``: dataset → extraction → matrices → intrinsic
-dimension → reconstruction → energy errors → maps → figures → report.
+"""The experiment pipeline behind ``python experiments/run.py``: for each dataset of the study, dataset →
+extraction → matrices → significance → intrinsic dimension → I_d Cor → tree → reconstruction → energy errors →
+maps; then the cross-dataset analyses (when the study has several datasets), figures and one report.
 
-:func:`run_pipeline` takes the resolved Hydra configuration as a plain dict and a run directory. Every stage reads
-its result from the cache when its content key matches (see :mod:`experiments.cache`), so a rerun recomputes
-nothing and a killed run resumes; each stage prints one summary line and appends it to ``stage_log.jsonl``. The run
-directory receives ``results/`` (matrices as ``.npz`` and ``.csv``, ``results.json``), ``figures/`` (PNG + SVG),
-``report.md`` and ``report.html``.
+:func:`run_pipeline` takes the resolved Hydra configuration as a plain dict and a run directory. A study is one
+dataset (``+dataset=NAME``) or several (``datasets``, the default: the embedded molecules and crystals); each model
+runs on the datasets it can read (:func:`extractors.metadata.unreadable`: a SMILES model not on crystals), and each
+dataset is compared on the models that embed it. Every stage reads its result from the cache when its content key
+matches (see :mod:`experiments.cache`), so a rerun recomputes nothing and a killed run resumes; each stage prints
+one summary line and appends it to ``stage_log.jsonl`` (with its dataset). The run directory receives
+``results/<dataset>/`` (matrices as ``.npz`` and ``.csv``, ``results.json``, ``tree.nwk``),
+``results/cross_dataset/``, ``figures/<dataset>/`` and ``figures/cross_dataset/`` (PNG + SVG), ``report.md`` and
+``report.html``.
 
 Every stage runs under the watchdog (:mod:`experiments.watchdog`, config ``watchdog``): a stage that makes no
 progress for ``watchdog.stall_s`` seconds ends the run with one ``error: stage ...`` line and exit code 2, and is
@@ -20,11 +25,13 @@ the extraction stage.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,9 +42,9 @@ import numpy as np
 
 from experiments.cache import StageLog, atomic_write_bytes, content_key, read_json, write_json, write_npz
 from experiments.features import align_models
-from experiments.stages import figures, report
+from experiments.stages import cross_dataset, figures, report
 from experiments.stages.context import Context
-from experiments.stages.dataset import prepare_dataset
+from experiments.stages.dataset import DatasetStage, prepare_dataset
 from experiments.stages.energy import energy_errors
 from experiments.stages.extraction import extract_models
 from experiments.stages.id_correlation import id_correlations
@@ -145,8 +152,9 @@ def _model_rows(runs: Sequence[Any], aligned: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _save_results(run_dir: Path, results: Mapping[str, Any]) -> None:
-    out = run_dir / "results"
+def _save_results(out: Path, results: Mapping[str, Any]) -> None:
+    """One dataset's results in ``out``: ``matrices.npz`` and ``csv/``, ``significance.npz``, ``reconstruction.npz``,
+    ``results.json`` and ``tree.nwk``."""
     names = list(results["models"])
     mats = {k: v for k, v in results["matrices"].items() if isinstance(v, np.ndarray)}
     write_npz(out / "matrices.npz", {**mats, "models": np.array(names)})
@@ -175,6 +183,9 @@ def _save_results(run_dir: Path, results: Mapping[str, Any]) -> None:
             if isinstance(d, Mapping)
         },
         "energy": {k: v for k, v in (results["energy"] or {}).items() if k not in ("per_structure", "target")},
+        "dataset": results["dataset"],
+        "distribution": results["distribution"],
+        "coverage": results["coverage"],
         "checks": results["checks"],
         "cknna_k": results["matrices"]["cknna_k_main"],
         "cknna_k_sweep": results["matrices"]["cknna_k"],
@@ -216,77 +227,119 @@ def _cached_json(ctx: Context, name: str, params: Any, compute: Any, entry: dict
 
 
 @contextlib.contextmanager
-def _stage(log: StageLog, dog: Watchdog, name: str) -> Iterator[dict[str, Any]]:
-    """``log.stage(name)`` under the watchdog; a stage it stops is appended to the log with status ``stalled``."""
-    with log.stage(name) as entry:
+def _stage(log: StageLog, dog: Watchdog, name: str, dataset: str | None = None) -> Iterator[dict[str, Any]]:
+    """``log.stage(name, dataset)`` under the watchdog; a stage it stops is appended to the log as ``stalled``."""
+    with log.stage(name, dataset) as entry:
 
         def stalled(message: str, seconds: float) -> None:
             log.append({**entry, "summary": message, "seconds": round(seconds, 3), "status": "stalled"})
 
-        with dog.watch(name, stalled):
+        with dog.watch(name if dataset is None else f"{dataset}/{name}", stalled):
             yield entry
 
 
-def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = "") -> dict[str, Any]:
-    """Run every stage for the resolved configuration ``cfg`` and write the results into ``run_dir``."""
-    from extractors.faults import ensure_writable
+#: the directory of the run's cross-dataset results and figures (not a dataset name).
+CROSS = "cross_dataset"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-    run_dir = ensure_writable(run_dir, "set hydra.run.dir= to a writable directory")
-    cache_dir = ensure_writable(Path(cfg["cache_dir"]), "set cache_dir= to a writable directory")
-    progress = bool(cfg.get("progress", True))
-    debug = dict(cfg.get("debug") or {})
-    stop_after = debug.get("stop_after")
-    if stop_after not in (None, "dataset", "extraction"):
-        raise ValueError(f"debug.stop_after must be null, 'dataset' or 'extraction', got {stop_after!r}.")
-    rank = _setup_jax(cache_dir, cfg)
-    if rank:  # under jax.distributed only process 0 writes the run's results; the others log beside them
-        run_dir = ensure_writable(run_dir / f"process{rank}", "set hydra.run.dir= to a writable directory")
-    log = StageLog(run_dir / "stage_log.jsonl")
-    dog = Watchdog(WatchdogConfig.from_mapping(cfg.get("watchdog")), dump_path=run_dir / "watchdog_stacks.txt")
-    stage = functools.partial(_stage, log, dog)
-    started = datetime.datetime.now().isoformat(timespec="seconds")
-    t0 = time.perf_counter()
 
-    with stage("dataset") as e:
-        ds, cached = prepare_dataset(cfg["dataset"], cache_dir)
-        e["cached" if cached else "computed"] += 1
-        s = ds.summary
-        e["summary"] = (
-            f"{s['n_selected']} structures drawn from {s['n_read']} ({s['label']}; {s['n_molecules']} "
-            f"molecules, {s['n_periodic']} periodic, {s['atoms_total']} atoms)"
+def dataset_configs(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The run's datasets, name → dataset config, in order: ``dataset`` alone when the run has it (``+dataset=X``),
+    else the ``datasets`` mapping of the study (the default: the embedded molecules and crystals)."""
+    single = cfg.get("dataset")
+    if single:
+        return {str(single.get("name") or "dataset"): dict(single)}
+    many = cfg.get("datasets") or {}
+    if not isinstance(many, Mapping) or not many:
+        raise ValueError(
+            "the run has no dataset: use the default study (datasets=default), one dataset (+dataset=NAME "
+            "dataset.path=...) or add datasets with +dataset@datasets.NAME=OPTION."
         )
+    for name, dcfg in many.items():
+        if not _NAME.match(str(name)) or name == CROSS:
+            raise ValueError(
+                f"datasets.{name}: a dataset's name must be letters, digits, '_', '.' or '-' (and not {CROSS!r}); "
+                "rename it."
+            )
+        if not isinstance(dcfg, Mapping):
+            raise ValueError(f"datasets.{name} must be a dataset config (e.g. +dataset@datasets.{name}=omat24).")
+    return {str(k): dict(v) for k, v in many.items()}
 
-    if stop_after == "dataset":
-        return {"dataset": s}
-    with stage("extraction") as e:
-        runs = extract_models(ds, cfg["models"], cache_dir, cfg.get("extraction") or {}, progress=progress)
-        for r in runs:
-            e["cached" if r.cached else "computed"] += 1
-        failed = [r.model for r in runs if r.path is None]
-        e["summary"] = f"{len(runs)} models on {s['n_selected']} structures" + (f"; failed: {failed}" if failed else "")
-        e["models"] = {r.model: r.info.get("wall_s") for r in runs}
 
-    if stop_after == "extraction":
-        return {"dataset": s, "extraction": runs}
+def _readable_models(
+    stages: Mapping[str, DatasetStage], models_cfg: Mapping[str, Any]
+) -> dict[str, dict[str, str | None]]:
+    """model → dataset → why the model reads none of the dataset's records (None: it reads some). A model that
+    reads no dataset of the run is an error naming it."""
+    from experiments.stages.extraction import check_models
+    from extractors.metadata import model_meta, unreadable
+
+    ids = list(models_cfg["ids"])
+    specs = check_models(ids, dict(models_cfg.get("python") or {}))
+    overrides = dict(models_cfg.get("meta") or {})
+    out: dict[str, dict[str, str | None]] = {m: {} for m in ids}
+    for name, ds in stages.items():
+        records = ds.records()
+        for m in ids:
+            modality = model_meta(m, specs[m].family, overrides.get(m)).modality
+            reasons = [unreadable(modality, r) for r in records]
+            out[m][name] = (
+                None
+                if any(r is None for r in reasons)
+                else f"reads {modality}; none of the {len(records)} structures has it ({reasons[0]})"
+            )
+    for m, per in out.items():
+        if all(per.values()):
+            where = "; ".join(f"{d}: {why}" for d, why in per.items())
+            raise ValueError(
+                f"model {m!r} cannot embed any dataset of this run ({where}); drop it from models.ids or add a "
+                "dataset it reads."
+            )
+    return out
+
+
+@dataclasses.dataclass
+class DatasetRun:
+    """One dataset of the study: its drawn records, extraction runs, aligned models, analysis context and results."""
+
+    name: str
+    config: dict[str, Any]
+    stage: DatasetStage
+    runs: list[Any] = dataclasses.field(default_factory=list)
+    aligned: Any = None
+    ctx: Context | None = None
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.stage.summary
+
+
+def _analyse(
+    d: DatasetRun, cfg: Mapping[str, Any], cache_dir: Path, stage: Any, rank: int, progress: bool
+) -> dict[str, Any]:
+    """Every analysis stage of one dataset (matrices … maps); returns its results (only the sweeps' on rank > 0)."""
+    debug = dict(cfg.get("debug") or {})
     acfg = dict(cfg["analysis"])
-    aligned = align_models(runs, s["n_selected"], min_coverage=float(acfg.get("min_coverage", 0.5)))
+    s = d.summary
+    aligned = align_models(d.runs, s["n_selected"], min_coverage=float(acfg.get("min_coverage", 0.5)))
     ctx = Context(aligned, acfg, cache_dir / "analysis", progress=progress, fail_after=debug.get("fail_after_items"))
-    metadata = _metadata(cfg["models"], aligned)
-
-    with stage("matrices") as e:
+    d.aligned, d.ctx = aligned, ctx
+    with stage("matrices", d.name) as e:
         mats = alignment_matrices(ctx, e)
         e["summary"] = f"N = {aligned.n} common structures; " + e["summary"]
-    with stage("significance") as e:
+    with stage("significance", d.name) as e:
         sig = significance(ctx, mats, e)
     if rank:  # the sweeps above are the stages the processes share; process 0 does the rest
         return {"process": rank, "matrices": mats, "significance": sig}
-    with stage("intrinsic_dimension") as e:
+    metadata = _metadata(cfg["models"], aligned)
+    with stage("intrinsic_dimension", d.name) as e:
         ids = intrinsic_dimensions(ctx, e)
-    with stage("id_correlation") as e:
+    with stage("id_correlation", d.name) as e:
         idcor = id_correlations(ctx, e)
         if idcor:
             mats = {**mats, "id_cor": idcor["corr"], "id_cor_p": idcor["p"]}
-    with stage("tree") as e:
+    with stage("tree", d.name) as e:
         params = {"tree": acfg.get("tree") or {}, "cknna": acfg.get("cknna") or {}, "families": aligned.families}
         compute = functools.partial(model_tree, acfg, aligned.models, aligned.families, mats["cknna"])
         tree = _cached_json(ctx, "tree", params, compute, e)
@@ -294,9 +347,9 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
             e["computed"] += 1
         left_out = f" (left out: {', '.join(tree['excluded'])})" if tree and tree["excluded"] else ""
         e["summary"] = f"{len(tree['models'])} models{left_out}" if tree else "skipped: fewer than 3 models"
-    with stage("reconstruction") as e:
+    with stage("reconstruction", d.name) as e:
         rec = reconstruction(ctx, e)
-    with stage("energy") as e:
+    with stage("energy", d.name) as e:
         energy = _cached_json(
             ctx,
             "energy",
@@ -313,7 +366,7 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
             e["summary"] += f"({mae[best]:.1f} meV/atom)"
         else:
             e["summary"] = f"skipped: {energy.get('note')}"
-    with stage("maps") as e:
+    with stage("maps", d.name) as e:
         maps = structure_maps(ctx, energy.get("target"), e)
         umap = umap_maps(ctx, e)
         if umap:
@@ -321,6 +374,8 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
 
     id_of = {r["id"]: r for r in s["records"]}
     results: dict[str, Any] = {
+        "dataset": d.name,
+        "distribution": d.config.get("distribution"),
         "models": aligned.models,
         "families": aligned.families,
         "n_structures": aligned.n,
@@ -335,7 +390,8 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         "maps": maps,
         "umap": umap,
         "metadata": metadata,
-        "n_params": {r.model: r.info.get("n_params") for r in runs if r.model in aligned.models},
+        "coverage": {m: float(c) for m, c in aligned.coverage.items()},
+        "n_params": {r.model: r.info.get("n_params") for r in d.runs if r.model in aligned.models},
         "ood_mask": np.array([id_of[i]["split"] == "ood" for i in aligned.ids.tolist()]),
         "n_atoms": np.array([id_of[i]["n_atoms"] for i in aligned.ids.tolist()]),
     }
@@ -344,55 +400,145 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         "energy_unit": str((acfg.get("energy") or {}).get("unit", "mev_per_atom")),
     }
     results["checks"] = report.qualitative_checks(results)
-    _save_results(run_dir, results)
+    return results
+
+
+def _draw(cache_dir: Path, run_dir: Path, plan: Sequence[Any], digest: str, progress: bool, e: dict) -> list:
+    """Draw ``plan`` into the cache (keyed by the results' and the plotting code's digest) and copy it into the run;
+    returns the drawn figures' ``[{stem, title, how_to_read}]``."""
+    sources = [*(REPO / "jaxalign" / "plots").glob("*.py"), *(REPO / "experiments" / "stages").glob("figures*.py")]
+    fkey = content_key("figures", {"results": digest, "code": _source_digest(sources)})
+    fdir = cache_dir / "figures" / fkey
+    if not (fdir / "figures.json").exists():
+        tmp = cache_dir / "figures" / f".{fkey}.tmp{os.getpid()}"  # per process: runs may share the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        drawn = figures.draw_figures(plan, tmp, progress=progress)
+        write_json(tmp / "figures.json", drawn)
+        if fdir.exists() and not (fdir / "figures.json").exists():
+            shutil.rmtree(fdir, ignore_errors=True)  # an unfinished directory of an older layout
+        try:
+            tmp.rename(fdir)
+        except OSError:  # another run sharing the cache renamed the same figures into place first
+            shutil.rmtree(tmp, ignore_errors=True)
+        e["computed"] += len(drawn)
+    else:
+        e["cached"] += len(read_json(fdir / "figures.json"))
+    shutil.copytree(fdir, run_dir / "figures", dirs_exist_ok=True)
+    return read_json(fdir / "figures.json")
+
+
+def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = "") -> dict[str, Any]:
+    """Run every stage for the resolved configuration ``cfg`` and write the results into ``run_dir``; returns
+    dataset name → its results (and ``cross_dataset`` → the cross-dataset analyses when the study has several)."""
+    from extractors.faults import ensure_writable
+
+    run_dir = ensure_writable(run_dir, "set hydra.run.dir= to a writable directory")
+    cache_dir = ensure_writable(Path(cfg["cache_dir"]), "set cache_dir= to a writable directory")
+    progress = bool(cfg.get("progress", True))
+    debug = dict(cfg.get("debug") or {})
+    stop_after = debug.get("stop_after")
+    if stop_after not in (None, "dataset", "extraction"):
+        raise ValueError(f"debug.stop_after must be null, 'dataset' or 'extraction', got {stop_after!r}.")
+    configs = dataset_configs(cfg)
+    rank = _setup_jax(cache_dir, cfg)
+    if rank:  # under jax.distributed only process 0 writes the run's results; the others log beside them
+        run_dir = ensure_writable(run_dir / f"process{rank}", "set hydra.run.dir= to a writable directory")
+    log = StageLog(run_dir / "stage_log.jsonl")
+    dog = Watchdog(WatchdogConfig.from_mapping(cfg.get("watchdog")), dump_path=run_dir / "watchdog_stacks.txt")
+    stage = functools.partial(_stage, log, dog)
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+
+    study: dict[str, DatasetRun] = {}
+    for name, dcfg in configs.items():
+        with stage("dataset", name) as e:
+            ds, cached = prepare_dataset(dcfg, cache_dir)
+            e["cached" if cached else "computed"] += 1
+            s = ds.summary
+            e["summary"] = (
+                f"{s['n_selected']} structures drawn from {s['n_read']} ({s['label']}; {s['n_molecules']} "
+                f"molecules, {s['n_periodic']} periodic, {s['atoms_total']} atoms)"
+            )
+        study[name] = DatasetRun(name, dcfg, ds)
+    if stop_after == "dataset":
+        return {name: {"dataset": d.summary} for name, d in study.items()}
+    readable = _readable_models({n: d.stage for n, d in study.items()}, cfg["models"])
+
+    for d in study.values():
+        with stage("extraction", d.name) as e:
+            unread = {m: why[d.name] for m, why in readable.items() if why[d.name]}
+            d.runs = extract_models(
+                d.stage, cfg["models"], cache_dir, cfg.get("extraction") or {}, progress=progress, unread=unread
+            )
+            for r in d.runs:
+                if r.unread is None:
+                    e["cached" if r.cached else "computed"] += 1
+            failed = [r.model for r in d.runs if r.path is None and r.unread is None]
+            e["summary"] = f"{len(d.runs) - len(unread)} models on {d.summary['n_selected']} structures"
+            e["summary"] += (f"; not read: {sorted(unread)}" if unread else "") + (
+                f"; failed: {failed}" if failed else ""
+            )
+            e["models"] = {r.model: r.info.get("wall_s") for r in d.runs if r.unread is None}
+    if stop_after == "extraction":
+        return {name: {"dataset": d.summary, "extraction": d.runs} for name, d in study.items()}
+
+    for d in study.values():
+        d.results = _analyse(d, cfg, cache_dir, stage, rank, progress)
+    if rank:
+        return {name: d.results for name, d in study.items()}
+    for d in study.values():
+        _save_results(run_dir / "results" / d.name, d.results)
+    cross: dict[str, Any] = {}
+    if len(study) > 1:
+        with stage("cross_dataset") as e:
+            cross = cross_dataset.analyse(study, cfg["analysis"], cache_dir / "analysis", e)
+        cross_dataset.save(run_dir / "results" / CROSS, cross)
 
     with stage("figures") as e:
-        sources = [*(REPO / "jaxalign" / "plots").glob("*.py"), REPO / "experiments" / "stages" / "figures.py"]
-        fkey = content_key("figures", {"results": _digest(results), "code": _source_digest(sources)})
-        fdir = cache_dir / "figures" / fkey
-        if not (fdir / "figures.json").exists():
-            tmp = cache_dir / "figures" / f".{fkey}.tmp{os.getpid()}"  # per process: runs may share the cache
-            shutil.rmtree(tmp, ignore_errors=True)
-            drawn = figures.draw_figures(figures.figure_plan(results), tmp, progress=progress)
-            write_json(tmp / "figures.json", drawn)
-            if fdir.exists() and not (fdir / "figures.json").exists():
-                shutil.rmtree(fdir, ignore_errors=True)  # an unfinished directory of an older layout
-            try:
-                tmp.rename(fdir)
-            except OSError:  # another run sharing the cache renamed the same figures into place first
-                shutil.rmtree(tmp, ignore_errors=True)
-            e["computed"] += len(drawn)
-        else:
-            e["cached"] += len(read_json(fdir / "figures.json"))
-        drawn = read_json(fdir / "figures.json")
-        shutil.copytree(fdir, run_dir / "figures", dirs_exist_ok=True)
+        plan = [
+            dataclasses.replace(f, stem=f"{d.name}/{f.stem}")
+            for d in study.values()
+            for f in figures.figure_plan(d.results)
+        ]
+        if cross:
+            plan += [dataclasses.replace(f, stem=f"{CROSS}/{f.stem}") for f in figures.cross_plan(cross)]
+        digest = _digest({"datasets": {n: d.results for n, d in study.items()}, "cross": cross})
+        drawn = _draw(cache_dir, run_dir, plan, digest, progress, e)
         e["summary"] = f"{len(drawn)} figures (PNG + SVG) in {run_dir / 'figures'}"
 
     with stage("report") as e:
         import yaml
 
-        notes = [
-            "Alignment metrics use the pooled structure features after "
-            + (", ".join(map(str, acfg.get("preprocessing") or [])) or "no preprocessing")
-            + "; kNN graphs are computed "
-            "once per model and reused for every pair and k. Features are rotated into their row space and "
-            "zero-padded to one shared width before the metrics (an isometry: inner products and distances are "
-            "unchanged), so each metric compiles once.",
-        ]
-        if aligned.excluded:
-            notes.append("Left out of the comparison: " + "; ".join(f"{m}: {r}" for m, r in aligned.excluded.items()))
+        contexts = {}
+        for d in study.values():
+            preprocessing = ", ".join(map(str, cfg["analysis"].get("preprocessing") or [])) or "no preprocessing"
+            notes = [
+                f"Alignment metrics use the pooled structure features after {preprocessing}; kNN graphs are computed "
+                "once per model and reused for every pair and k. Features are rotated into their row space and "
+                "zero-padded to one shared width before the metrics (an isometry: inner products and distances are "
+                "unchanged), so each metric compiles once.",
+            ]
+            if d.aligned.excluded:
+                notes.append(
+                    "Left out of the comparison: " + "; ".join(f"{m}: {r}" for m, r in d.aligned.excluded.items())
+                )
+            contexts[d.name] = {
+                "dataset": d.summary,
+                "model_rows": _model_rows(d.runs, d.aligned),
+                "energy_note": _energy_note(d.results["energy"]),
+                "notes": notes,
+            }
         context = {
-            "dataset": s,
             "run_dir": str(run_dir),
             "started": started,
             "total_s": time.perf_counter() - t0,
             "command": command or "python experiments/run.py",
             "stages": log.stages,
-            "model_rows": _model_rows(runs, aligned),
-            "energy_note": _energy_note(energy),
-            "notes": notes,
+            "datasets": contexts,
             "config_yaml": yaml.safe_dump(dict(cfg), sort_keys=False),
         }
-        md, htm = report.write_report(run_dir, results, context, drawn)
-        e["summary"] = f"{md.name} and {htm.name}; qualitative checks: {report.check_tally(results['checks'])}"
-    return results
+        results = {d.name: d.results for d in study.values()}
+        md, htm = report.write_report(run_dir, results, cross, context, drawn)
+        checks = [c for r in results.values() for c in r["checks"]] + list(cross.get("checks") or [])
+        e["summary"] = f"{md.name} and {htm.name}; qualitative checks: {report.check_tally(checks)}"
+    return {**results, **({CROSS: cross} if cross else {})}

@@ -1,13 +1,15 @@
-"""The main job: ``python experiments/run.py`` (every offline model on the embedded default dataset) or
-``python experiments/run.py +dataset=omat24 dataset.path=DIR`` (real data).
+"""The main job: ``python experiments/run.py`` (every offline model on the embedded default study: its molecules
+and its crystals as two datasets) or ``python experiments/run.py +dataset=omat24 dataset.path=DIR`` (one dataset of
+real data).
 
-Hydra composes ``conf/config.yaml``: the embedded dataset (``conf/dataset/default.yaml``, loaded as plain config so
-that ``+dataset=<name>`` can append any other dataset file over it), a model set (``models=<set>``) and an analysis
-preset (``analysis=<preset>``). Everything else is a dotted override (``dataset.n=200 analysis.cknna.k=10
-models.ids=[random,soap,morgan]``). ``-m`` sweeps, e.g. ``-m +dataset=default,qm9 dataset.path=... models=default,
-mlip``; ``hydra/launcher=slurm`` sends the jobs to a SLURM cluster (conf/hydra/launcher/slurm.yaml).
+Hydra composes ``conf/config.yaml``: the study's datasets (``datasets``: name → dataset config, default
+``conf/datasets/default.yaml``; ``+dataset=<name>`` adds a single ``dataset`` that replaces them), a model set
+(``models=<set>``) and an analysis preset (``analysis=<preset>``). Everything else is a dotted override
+(``datasets.molecules.n=60 analysis.cknna.k=10 models.ids=[random,soap,morgan]``). ``-m`` sweeps, e.g. ``-m
+models=default,mlip analysis=default,seed000``; ``hydra/launcher=slurm`` sends the jobs to a SLURM cluster
+(conf/hydra/launcher/slurm.yaml).
 
-Results land in the Hydra run directory (``outputs/<dataset>/<date>_<time>`` by default): ``report.html``,
+Results land in the Hydra run directory (``outputs/<dataset or study>/<date>_<time>`` by default): ``report.html``,
 ``report.md``, ``figures/`` and ``results/``. Computations are cached under ``cache_dir`` (default
 ``outputs/cache``) by content, so a rerun recomputes nothing and an interrupted run resumes.
 

@@ -23,7 +23,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["EQUIVARIANCE", "FAMILY_META", "MODEL_META", "ModelMeta", "merged", "model_meta"]
+__all__ = ["EQUIVARIANCE", "FAMILY_META", "MODEL_META", "ModelMeta", "merged", "model_meta", "unreadable"]
 
 EQUIVARIANCE = ("invariant", "equivariant", "neither")
 
@@ -233,3 +233,30 @@ def model_meta(model: str, family: str, overrides: Mapping[str, Any] | None = No
     if family not in FAMILY_META:
         raise ValueError(f"no metadata for family {family!r} (model {model!r}); add it to extractors.metadata.")
     return merged(merged(FAMILY_META[family], MODEL_META.get(model)), overrides)
+
+
+def unreadable(modality: str, record: Any) -> str | None:
+    """Why a model of ``modality`` cannot read ``record`` (an :class:`extractors.datasets.Record`), or None.
+
+    Decided from the record's fields before any model runs, so that a study runs each model only on the datasets it
+    can embed: SMILES/SELFIES models read a SMILES or a molecule's 3D structure (RDKit derives the SMILES; a
+    periodic structure has none), protein models read a sequence (structure models also the backbone), 3D models
+    and text models read a 3D structure (text models also a SMILES). A model may still fail on a readable record
+    (an element it does not support, bonds RDKit cannot assign): the extractor records those per structure.
+    """
+    atoms = getattr(record, "atoms", None)
+    if modality in ("SMILES", "SELFIES"):
+        if getattr(record, "smiles", None) or (atoms is not None and not atoms.pbc.any()):
+            return None
+        return "periodic structure: no SMILES" if atoms is not None else "no SMILES and no 3D structure"
+    if modality == "protein sequence":
+        return None if getattr(record, "sequence", None) else "no protein sequence"
+    if modality == "protein structure":
+        if getattr(record, "sequence", None) and getattr(record, "backbone_coords", None) is not None:
+            return None
+        return "no protein backbone"
+    if modality == "3D structure":
+        return None if atoms is not None else "no 3D structure"
+    if modality == "text":
+        return None if atoms is not None or getattr(record, "smiles", None) else "no 3D structure and no SMILES"
+    return None  # "none": the random baseline reads nothing

@@ -316,6 +316,8 @@ def test_app_bad_input(overrides, fragments, xyz, tmp_path) -> None:
             pytest.skip("a CUDA device is available here")
     cache = tmp_path / "cache"
     args = [o.format(**xyz) for o in overrides]
+    if not any(a.startswith("+dataset=") for a in args):
+        args.insert(0, "+dataset=default")
     proc = app(*args, "dataset.n=10", "debug.stop_after=extraction", cache=cache, run_dir=tmp_path / "run")
     assert_one_error(proc.returncode, proc.stderr, *fragments)
     assert leftovers(cache) == [] and not any(cache.rglob("*.npz"))
@@ -365,7 +367,7 @@ def test_app_full_disk(tmp_path, capsys, monkeypatch) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- concurrency
-FAST = ["dataset.n=40", "debug.stop_after=extraction"]
+FAST = ["+dataset=default", "dataset.n=40", "debug.stop_after=extraction"]
 
 
 def test_two_app_runs_on_one_cache(tmp_path) -> None:
@@ -455,8 +457,8 @@ def _alive(pid: int) -> bool:
 def test_killed_app_leaves_no_extraction_running(sig, tmp_path) -> None:
     cache = tmp_path / "cache"
     heavy = "++models.options={soap: {n_max: 10, l_max: 8}}"  # a few minutes of work: killed long before the end
-    cmd = app_cmd("models.ids=[soap]", "dataset.n=null", heavy, "debug.stop_after=extraction", cache=cache,
-                  run_dir=tmp_path / "run")  # fmt: skip
+    cmd = app_cmd("+dataset=default", "models.ids=[soap]", "dataset.n=null", heavy, "debug.stop_after=extraction",
+                  cache=cache, run_dir=tmp_path / "run")  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + LIVENESS_S
     extraction = []

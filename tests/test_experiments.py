@@ -24,7 +24,14 @@ from experiments.cache import Checkpoint, content_key, read_json  # noqa: E402
 from experiments.features import compact  # noqa: E402
 
 MODELS = "[chgnet-0.3.0,chgnet-0.2.0,morgan,random]"
-SMALL = [f"models.ids={MODELS}", "dataset.n=40", "analysis=quick", "analysis.cknna.k=5", "progress=false"]
+SMALL = [
+    "+dataset=default",
+    f"models.ids={MODELS}",
+    "dataset.n=40",
+    "analysis=quick",
+    "analysis.cknna.k=5",
+    "progress=false",
+]
 REQUIRED_FIGURES = {
     "fig1a_cknna_heatmap",
     "fig1b_alignment_vs_energy_error",
@@ -71,8 +78,8 @@ def stage_log(run_dir: Path) -> dict[str, dict]:
     return {e["stage"]: e for e in map(json.loads, lines)}
 
 
-def matrices(run_dir: Path) -> dict[str, np.ndarray]:
-    with np.load(run_dir / "results" / "matrices.npz") as z:
+def matrices(run_dir: Path, dataset: str = "default") -> dict[str, np.ndarray]:
+    with np.load(run_dir / "results" / dataset / "matrices.npz") as z:
         return {k: z[k] for k in z.files}
 
 
@@ -94,10 +101,10 @@ def first_run(shared: dict[str, Path]) -> Path:
 def test_small_run_writes_every_figure_and_the_report(first_run: Path) -> None:
     drawn = read_json(first_run / "figures" / "figures.json")
     stems = {f["stem"] for f in drawn}
-    assert REQUIRED_FIGURES <= stems, REQUIRED_FIGURES - stems
+    assert {f"default/{s}" for s in REQUIRED_FIGURES} <= stems, REQUIRED_FIGURES - {s.split("/")[1] for s in stems}
     for stem in stems:
         for ext in ("png", "svg"):
-            path = first_run / "figures" / f"{stem}.{ext}"
+            path = first_run / "figures" / f"{stem}.{ext}"  # stems are <dataset>/<figure>
             assert path.is_file() and path.stat().st_size > 1000, path
     page = (first_run / "report.html").read_text()
     assert page.count("src='data:image/png;base64,") == len(stems)  # self-contained: every image embedded
@@ -109,18 +116,18 @@ def test_small_run_writes_every_figure_and_the_report(first_run: Path) -> None:
         assert heading in md
     from jaxalign.tree import Tree
 
-    tree = Tree.from_newick((first_run / "results" / "tree.nwk").read_text().strip())
+    tree = Tree.from_newick((first_run / "results" / "default" / "tree.nwk").read_text().strip())
     # the default keeps the random baseline; analysis.tree.exclude_baseline=true (seed000) leaves it out
     assert sorted(tree.leaf_names) == sorted(["chgnet-0.3.0", "chgnet-0.2.0", "morgan", "random"])
-    with np.load(first_run / "results" / "matrices.npz") as z:
+    with np.load(first_run / "results" / "default" / "matrices.npz") as z:
         idcor, p = z["id_cor"], z["id_cor_p"]
     off = ~np.eye(4, dtype=bool)
     assert np.isfinite(idcor[off]).all() and ((p[off] >= 1 / 20) & (p[off] <= 1)).all()  # analysis=quick: 19 draws
     np.testing.assert_array_equal(idcor, idcor.T)
-    meta = read_json(first_run / "results" / "results.json")["metadata"]
+    meta = read_json(first_run / "results" / "default" / "results.json")["metadata"]
     assert meta["chgnet-0.3.0"]["equivariance"] == "invariant" and meta["chgnet-0.3.0"]["training_data"] == ["MPtrj"]
     assert meta["random"]["energy_head"] is False
-    checks = read_json(first_run / "results" / "results.json")["checks"]
+    checks = read_json(first_run / "results" / "default" / "results.json")["checks"]
     assert len(checks) == 6  # the six findings of the seeds, each with numbers and a verdict
     assert all(c["numbers"] and c["passed"] in (True, False, None) for c in checks)
     stages = stage_log(first_run)
@@ -142,7 +149,7 @@ def test_small_run_writes_every_figure_and_the_report(first_run: Path) -> None:
 
 
 def test_the_permutation_null_marks_the_related_pair(first_run: Path) -> None:
-    with np.load(first_run / "results" / "significance.npz") as z:
+    with np.load(first_run / "results" / "default" / "significance.npz") as z:
         sig = {k: z[k] for k in z.files}
     names = list(sig["models"])
     a, b = names.index("chgnet-0.3.0"), names.index("chgnet-0.2.0")
@@ -155,7 +162,7 @@ def test_the_permutation_null_marks_the_related_pair(first_run: Path) -> None:
 
 
 def test_overrides_change_n_k_and_models(first_run: Path) -> None:
-    res = read_json(first_run / "results" / "results.json")
+    res = read_json(first_run / "results" / "default" / "results.json")
     assert set(res["models"]) == {"chgnet-0.3.0", "chgnet-0.2.0", "morgan", "random"}
     assert res["cknna_k"] == 5
     summary = stage_log(first_run)["dataset"]["summary"]
@@ -248,11 +255,81 @@ def test_plus_dataset_with_path(shared: dict[str, Path], tmp_path: Path) -> None
         xla=shared["xla"],
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    res = read_json(run_dir / "results" / "results.json")
+    res = read_json(run_dir / "results" / "omat24" / "results.json")
     assert res["n_structures"] == 12
     assert res["energy"]["reference"] == "dataset"
     assert set(res["energy"]["mae_ev"]) == {"chgnet-0.3.0", "chgnet-0.2.0"}
     assert (run_dir / "report.html").is_file()
+
+
+STUDY = [
+    "datasets.molecules.n=30",
+    "datasets.crystals.n=30",
+    f"models.ids={MODELS}",
+    "progress=false",
+    # the presets' k and draws are the papers' (N = 50,000); scaled to N = 30 here
+    "analysis.cknna.k=5",
+    "analysis.cknna.k_sweep=[2,5,10]",
+    "analysis.mutual_knn.k=5",
+    "analysis.information_imbalance.k=[1,5]",
+    "analysis.intrinsic_dimension.mle_k=10",
+    "analysis.significance.draws=9",
+    "analysis.id_correlation.draws=9",
+]
+CROSS_FIGURES = {
+    "fig1e_intrinsic_dimension_per_dataset",
+    "fig2a_joint_maps_pca",
+    "fig2a_joint_maps_umap",
+    "fig2c_in_vs_out_cknna",
+    "fig2c_in_vs_out_dcor",
+    "fig2c_in_vs_out_ii_k1",
+    "fig2d_joint_energy_error_maps",
+}
+
+
+@pytest.mark.parametrize("preset", ["seed000", "seed003"])
+def test_two_dataset_study_with_each_paper_preset(preset: str, shared: dict[str, Path], tmp_path: Path) -> None:
+    """The default study's two datasets (molecules, crystals) at N = 30 under each paper's preset: per-dataset
+    results with the models that read each dataset (Morgan only on molecules), the cross-dataset figures, checks and
+    the preset's conventions in the results."""
+    run_dir = tmp_path / preset
+    proc = run_app(*STUDY, f"analysis={preset}", cache=shared["cache"], run_dir=run_dir, xla=shared["xla"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mol = read_json(run_dir / "results" / "molecules" / "results.json")
+    cry = read_json(run_dir / "results" / "crystals" / "results.json")
+    assert mol["models"] == ["chgnet-0.3.0", "chgnet-0.2.0", "morgan", "random"]
+    assert cry["models"] == ["chgnet-0.3.0", "chgnet-0.2.0", "random"]  # a SMILES model does not run on crystals
+    assert (mol["distribution"], cry["distribution"]) == ("out", "in")
+    cross = read_json(run_dir / "results" / "cross_dataset" / "cross.json")
+    assert (cross["in"], cross["out"], cross["marked"]) == ("crystals", "molecules", True)
+    assert cross["in_out_models"] == ["chgnet-0.3.0", "chgnet-0.2.0", "random"]
+    assert len(cross["checks"]) == 2 and all(c["passed"] in (True, False) for c in cross["checks"])
+    with np.load(run_dir / "results" / "cross_dataset" / "maps.npz") as z:
+        assert sorted(np.unique(z["dataset"]).tolist()) == [0, 1]
+        assert z["pca:chgnet-0.3.0"].shape == (z["dataset"].size, 2)
+    stems = {f["stem"] for f in read_json(run_dir / "figures" / "figures.json")}
+    assert {f"cross_dataset/{s}" for s in CROSS_FIGURES} <= stems
+    assert any(s.startswith("molecules/") for s in stems) and any(s.startswith("crystals/") for s in stems)
+    md = (run_dir / "report.md").read_text()
+    for heading in ("## Models per dataset", "## Across datasets", "## Dataset: molecules", "## Dataset: crystals"):
+        assert heading in md
+    assert "not run on this dataset: reads SMILES" in md
+    log = [json.loads(line) for line in (run_dir / "stage_log.jsonl").read_text().splitlines()]
+    assert [(e.get("dataset"), e["stage"]) for e in log if e["stage"] in ("dataset", "cross_dataset")] == [
+        ("molecules", "dataset"),
+        ("crystals", "dataset"),
+        (None, "cross_dataset"),
+    ]
+    if preset == "seed000":  # max-normalised features, the tree without the random baseline, eV per structure
+        leaves = (run_dir / "results" / "molecules" / "tree.nwk").read_text()
+        assert "morgan" in leaves and "random" not in leaves
+        assert not (run_dir / "results" / "crystals" / "tree.nwk").exists()  # two models left: no tree
+        assert "MAE (eV per structure)" in md
+    else:  # seed 003: reconstruction on both datasets, stratified test split of at most half the rows
+        for name, res in (("molecules", mol), ("crystals", cry)):
+            with np.load(run_dir / "results" / name / "reconstruction.npz") as z:
+                assert "atom_gfre" in z.files and "cumulant_gfre" in z.files
+            assert res["n_structures"] <= 30
 
 
 # ------------------------------------------------------------------------------------------------- errors
@@ -262,7 +339,11 @@ def test_plus_dataset_with_path(shared: dict[str, Path], tmp_path: Path) -> None
         (["+dataset=omat24"], "needs a path: add `dataset.path="),
         (["+dataset=qm9", "dataset.path=/no/such/qm9"], "does not exist"),
         (["models.ids=[random,no-such-model]"], "unknown model id(s) ['no-such-model']"),
-        (["models.ids=[random,soap]", "dataset.filters.min_atoms=1000"], "removed by dataset.filters"),
+        (
+            ["+dataset=default", "models.ids=[random,soap]", "dataset.filters.min_atoms=1000"],
+            "removed by dataset.filters",
+        ),
+        (["datasets=none"], "the run has no dataset"),
     ],
 )
 def test_clear_errors(overrides: list[str], message: str, shared: dict[str, Path], tmp_path: Path) -> None:
@@ -271,9 +352,11 @@ def test_clear_errors(overrides: list[str], message: str, shared: dict[str, Path
     assert message in proc.stderr, proc.stderr[-2000:]
 
 
-def test_model_failing_on_every_structure(shared: dict[str, Path], tmp_path: Path) -> None:
-    """Morgan fingerprints need a molecule; on the embedded crystals alone every structure fails."""
+def test_model_reading_no_dataset_of_the_run(shared: dict[str, Path], tmp_path: Path) -> None:
+    """Morgan fingerprints need a molecule; on the embedded crystals alone it reads nothing: one error before any
+    extraction, naming the model, the dataset and why."""
     proc = run_app(
+        "+dataset=default",
         "models.ids=[morgan,random]",
         "dataset.split=id",
         "dataset.filters.elements=[Cu,Ni,Fe,Au,W,Mo]",
@@ -284,7 +367,8 @@ def test_model_failing_on_every_structure(shared: dict[str, Path], tmp_path: Pat
         xla=shared["xla"],
     )
     assert proc.returncode == 2
-    assert "model 'morgan' failed on every structure" in proc.stderr, proc.stderr[-2000:]
+    assert "model 'morgan' cannot embed any dataset of this run" in proc.stderr, proc.stderr[-2000:]
+    assert "default: reads SMILES; none of the" in proc.stderr and "periodic structure: no SMILES" in proc.stderr
 
 
 # ------------------------------------------------------------------------------------------------- units
@@ -293,13 +377,23 @@ def test_config_composes_both_command_lines() -> None:
 
     with initialize_config_dir(config_dir=str(REPO / "experiments" / "conf"), version_base="1.3"):
         default = compose("config")
-        assert default.dataset.name == "default" and default.dataset.format == "default"
+        assert "dataset" not in default and list(default.datasets) == ["molecules", "crystals"]
+        mol, cry = default.datasets.molecules, default.datasets.crystals
+        assert (mol.distribution, cry.distribution) == ("out", "in")
+        assert list(mol.options.collections) == ["g2", "s22"] and list(cry.options.collections) == ["dcdft"]
+        assert mol.filters.min_atoms == 2 and mol.format == "default"  # every key of dataset/default.yaml
+        two = compose(
+            "config",
+            overrides=["datasets=none", "+dataset@datasets.omat24=omat24", "datasets.omat24.path=/a",
+                       "+dataset@datasets.omol25=omol25", "datasets.omol25.path=/b"],
+        )  # fmt: skip
+        assert list(two.datasets) == ["omat24", "omol25"] and two.datasets.omol25.distribution == "out"
         assert len(default.models.ids) == 13 and "random" in default.models.ids
         omat = compose("config", overrides=["+dataset=omat24", "dataset.path=/data/omat24"])
         assert (omat.dataset.name, omat.dataset.format, omat.dataset.path) == ("omat24", "asedb", "/data/omat24")
         assert omat.dataset.filters.min_atoms == 2
-        over = compose("config", overrides=["dataset.n=50", "analysis.cknna.k=10", "models=fast"])
-        assert (over.dataset.n, over.analysis.cknna.k, over.models.name) == (50, 10, "fast")
+        over = compose("config", overrides=["datasets.crystals.n=50", "analysis.cknna.k=10", "models=fast"])
+        assert (over.datasets.crystals.n, over.analysis.cknna.k, over.models.name) == (50, 10, "fast")
         slurm = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
         assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
         seed000 = compose("config", overrides=["analysis=seed000"]).analysis

@@ -52,7 +52,8 @@ def code_digest() -> str:
     root = Path(__file__).resolve().parents[2]
     files = [p for p in (root / "jaxalign").rglob("*.py") if "plots" not in p.parts]
     stages = ("context", "graphs", "matrices", "significance", "intrinsic_dimension", "id_correlation")
-    files += [root / "experiments" / "stages" / f"{name}.py" for name in (*stages, "reconstruction", "energy", "maps")]
+    later = ("reconstruction", "energy", "maps", "cross_dataset")
+    files += [root / "experiments" / "stages" / f"{name}.py" for name in (*stages, *later)]
     files.append(root / "experiments" / "features.py")
     h = hashlib.sha256()
     for p in sorted(files):

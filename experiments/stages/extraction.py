@@ -45,7 +45,8 @@ class ExtractionError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelRun:
-    """One model's extraction: its embedding file, sidecar facts and whether it came from the cache."""
+    """One model's extraction: its embedding file, sidecar facts and whether it came from the cache; ``unread`` says
+    why the model did not run at all (it reads none of the dataset's records, e.g. a SMILES model on crystals)."""
 
     model: str
     family: str
@@ -54,6 +55,7 @@ class ModelRun:
     cached: bool
     info: dict[str, Any]
     error: str | None = None
+    unread: str | None = None
 
 
 def check_models(ids: Sequence[str], pythons: Mapping[str, str]) -> dict[str, Any]:
@@ -258,10 +260,12 @@ def extract_models(
     extraction: Mapping[str, Any],
     *,
     progress: bool = True,
+    unread: Mapping[str, str] | None = None,
 ) -> list[ModelRun]:
     """Extract every model of ``models`` (config keys ``ids``, ``layer``, ``options``, ``python``) on ``dataset``.
 
-    Returns one :class:`ModelRun` per model in ``ids`` order. With ``extraction.on_error == "skip"`` a failing model
+    Returns one :class:`ModelRun` per model in ``ids`` order; a model in ``unread`` (model → why it reads none of the
+    dataset's records) does not run and its run says why. With ``extraction.on_error == "skip"`` a failing model
     is reported (``error``) and the others go on; by default (``"raise"``) the first failure stops the run.
     """
     ids = list(models["ids"])
@@ -288,6 +292,8 @@ def extract_models(
 
     def run(plan: tuple) -> ModelRun:
         m, layer, options, key, out_dir = plan
+        if m in (unread or {}):
+            return ModelRun(m, specs[m].family, key, None, False, {}, unread=unread[m])
         path = out_dir / f"{key}.npz"
         if path.exists():
             return cached(m, key, path)

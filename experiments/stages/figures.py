@@ -20,7 +20,7 @@ import numpy as np
 from experiments.stages.tree import BASELINE_FAMILY
 from experiments.watchdog import beat
 
-__all__ = ["Figure", "draw_figures", "figure_plan", "representative_pairs"]
+__all__ = ["Figure", "cross_plan", "draw_figures", "figure_plan", "representative_pairs"]
 
 #: per-structure intrinsic-dimension estimates above this are degenerate (equidistant neighbours) and not drawn.
 LOCAL_ID_CAP = 1000.0
@@ -480,3 +480,138 @@ def draw_figures(plan: Sequence[Figure], out_dir: str | Path, *, progress: bool 
             pass
         done.append({"stem": fig_spec.stem, "title": fig_spec.title, "how_to_read": fig_spec.how_to_read})
     return done
+
+
+def cross_plan(cross: Mapping[str, Any]) -> list[Figure]:
+    """The figures of a study of several datasets (seed 000 Figs. 1E, 2A, 2C, 2D), from
+    :func:`experiments.stages.cross_dataset.analyse`."""
+    from jaxalign.plots import alignment as pa
+    from jaxalign.plots import intrinsic_dimension as pid
+    from jaxalign.plots import maps as pm
+
+    plan: list[Figure] = []
+    names = list(cross["datasets"])
+    meta = cross.get("metadata") or {}
+
+    # --- Fig. 1E: the models' intrinsic dimension per dataset, grouped by equivariance
+    by_group: dict[str, np.ndarray] = {}
+    groups: dict[str, str] = {}
+    for n in names:
+        ids = cross["intrinsic_dimension"][n]
+        for g in ("invariant", "equivariant", "neither"):
+            vals = [
+                v
+                for m, v in ids.items()
+                if (meta.get(m) or {}).get("equivariance") == g
+                and cross["families"].get(m) != BASELINE_FAMILY
+                and np.isfinite(v)
+            ]
+            if vals:
+                label = f"{n}\n{g} ({len(vals)})"
+                by_group[label] = np.asarray(vals, float)
+                groups[label] = g
+    if by_group:
+        plan.append(
+            Figure(
+                "fig1e_intrinsic_dimension_per_dataset",
+                "Fig. 1E — intrinsic dimension of the models' embeddings per dataset, by equivariance",
+                "Each violin is the spread over the models of one equivariance class of their TwoNN intrinsic "
+                "dimension on one dataset (count in brackets; a class with one model is a dot; the random baseline "
+                "is left out). Seed 000 finds I_d set mostly by the dataset, in a narrow band across architectures, "
+                "and lower for invariant models.",
+                lambda: pid.intrinsic_dimension_violins(
+                    by_group,
+                    families=groups,
+                    title="intrinsic dimension per dataset",
+                    ylabel="TwoNN intrinsic dimension (one value per model)",
+                ),
+            )
+        )
+
+    # --- Fig. 2A / C5: joint maps of every dataset, coloured by dataset; Fig. 2D: the same coloured by energy error
+    maps = cross.get("maps") or {}
+    if maps:
+        labels = np.asarray(names)[np.asarray(maps["dataset"], int)]
+        models = [m for m in cross["map_models"] if f"pca:{m}" in maps]
+        out_rows = np.array([cross["distribution"][n] == "out" for n in labels])
+        for kind, axis, what in (("umap", "UMAP", "UMAP (15 neighbours)"), ("pca", "PC", "PCA")):
+            coords = {m: maps[f"{kind}:{m}"] for m in models if f"{kind}:{m}" in maps}
+            if not coords:
+                continue
+            plan.append(
+                Figure(
+                    f"fig2a_joint_maps_{kind}",
+                    f"Fig. 2A / C5 — the datasets in one {axis} map per model",
+                    f"Each point is a structure, coloured by its dataset; each model's map is one {what} of the union "
+                    "of the datasets' structures, so how far apart the datasets lie is how differently the model "
+                    "represents them (seed 000: molecules fall far outside the materials).",
+                    functools.partial(
+                        pm.map_grid,
+                        coords,
+                        groups=labels,
+                        group_label="dataset",
+                        xlabel=f"{axis} 1",
+                        ylabel=f"{axis} 2",
+                    ),
+                )
+            )
+        errors = {m: np.asarray(maps[f"energy_error:{m}"]) for m in models if f"energy_error:{m}" in maps}
+        kind = "umap" if any(f"umap:{m}" in maps for m in errors) else "pca"
+        if errors:
+            mae = {m: np.mean([cross["energy_mae"][n].get(m, np.nan) for n in names]) for m in errors}
+            order = sorted(errors, key=lambda m: mae[m])
+            pos = np.concatenate([v[v > 0] for v in errors.values()])
+            lo, hi = np.percentile(pos, [2, 98]) if pos.size else (None, None)
+            plan.append(
+                Figure(
+                    "fig2d_joint_energy_error_maps",
+                    "Fig. 2D — the joint maps coloured by each model's energy error",
+                    "Colour: |ΔE_ref − ΔE_model| per atom, each structure against its own dataset's reference (log "
+                    "scale); circled: structures of the out-of-distribution dataset. Panels from the lowest mean "
+                    "error; seed 000 finds the error grows where structures leave the in-distribution cluster.",
+                    functools.partial(
+                        pm.map_grid,
+                        {m: maps[f"{kind}:{m}"] for m in order},
+                        color=errors,
+                        color_label="|energy error| (meV/atom)",
+                        ood_mask=out_rows if out_rows.any() else None,
+                        log_color=True,
+                        vmin=lo,
+                        vmax=hi,
+                        xlabel=f"{'UMAP' if kind == 'umap' else 'PC'} 1",
+                        ylabel=f"{'UMAP' if kind == 'umap' else 'PC'} 2",
+                    ),
+                )
+            )
+
+    # --- Fig. 2C: each model pair's alignment in vs out of distribution
+    a, b = cross["in"], cross["out"]
+    models = list(cross["in_out_models"])
+    fams = dict(zip(models, cross["in_out_families"], strict=True))
+    tag = ("in distribution", "out of distribution") if cross["marked"] else ("", "")
+    metrics = [("cknna", "CKNNA"), ("dcor", "distance correlation")]
+    if cross.get("ii_k") is not None:
+        metrics.append((f"ii@{cross['ii_k']}", f"information imbalance Δ (k = {cross['ii_k']})"))
+    if len(models) >= 2:
+        for key, label in metrics:
+            plan.append(
+                Figure(
+                    f"fig2c_in_vs_out_{key.replace('@', '_k')}",
+                    f"Fig. 2C — {label} of every model pair on {a} against {b}",
+                    f"Each point is a model pair ({'ordered: row → column' if key.startswith('ii') else 'unordered'}); "
+                    "the dashed line is equal alignment on both datasets. Seed 000: local alignment (CKNNA) is higher "
+                    "in distribution, global alignment (information imbalance nearer 0, dCor) out of distribution.",
+                    functools.partial(
+                        pa.metric_scatter,
+                        cross[f"{key}:{a}"],
+                        cross[f"{key}:{b}"],
+                        models,
+                        xlabel=f"{label}, {a}" + (f" ({tag[0]})" if tag[0] else ""),
+                        ylabel=f"{label}, {b}" + (f" ({tag[1]})" if tag[1] else ""),
+                        families=fams,
+                        diagonal=True,
+                        title=f"{label}: {a} vs {b}",
+                    ),
+                )
+            )
+    return plan

@@ -249,12 +249,64 @@ def _verdict(passed: bool | None) -> str:
     return {True: "PASS", False: "FAIL", None: "n/a"}[passed]
 
 
-def build_blocks(results: Mapping[str, Any], context: Mapping[str, Any], figures: Sequence[Mapping[str, str]]) -> list:
+def _check_rows(results: Mapping[str, Mapping[str, Any]], cross: Mapping[str, Any]) -> list[list[str]]:
+    rows = [
+        [name, c["finding"], c["numbers"], c["rule"], c["value"], _verdict(c["passed"])]
+        for name, res in results.items()
+        for c in res["checks"]
+    ]
+    rows += [
+        ["across datasets", c["finding"], c["numbers"], c["rule"], c["value"], _verdict(c["passed"])]
+        for c in cross.get("checks") or []
+    ]
+    return rows
+
+
+def _coverage_blocks(results: Mapping[str, Mapping[str, Any]], contexts: Mapping[str, Any]) -> list:
+    """Which models each dataset compares (the study's models per dataset, seed-000 style), with coverage."""
+    names = list(results)
+    models: list[str] = []
+    for ctx in contexts.values():
+        models += [r["model"] for r in ctx["model_rows"] if r["model"] not in models]
+    rows = []
+    for m in models:
+        row = [m]
+        for n in names:
+            r = next((r for r in contexts[n]["model_rows"] if r["model"] == m), None)
+            n_drawn = contexts[n]["dataset"]["n_selected"]
+            if r is None:
+                row.append("—")
+            elif r["status"] == "compared":
+                row.append(f"compared ({r['embedded']}/{n_drawn})")
+            else:
+                row.append(r["status"])
+        rows.append(row)
+    return [
+        ("h", 2, "Models per dataset"),
+        (
+            "p",
+            "Each model runs on the datasets it can read (a SMILES model reads molecules, not crystals; "
+            "extractors.metadata.unreadable) and each dataset is compared on the models that embed it, restricted to "
+            "the structures they all embed: 'compared (embedded/drawn)'.",
+        ),
+        ("table", ["model", *names], rows),
+    ]
+
+
+def build_blocks(
+    results: Mapping[str, Mapping[str, Any]],
+    cross: Mapping[str, Any],
+    context: Mapping[str, Any],
+    figures: Sequence[Mapping[str, str]],
+) -> list:
     """The report as a list of blocks: ("h", level, text), ("p", text), ("table", header, rows), ("fig", stem,
-    title, how_to_read), ("code", text)."""
-    names = list(results["models"])
-    ds = context["dataset"]
-    b: list[tuple] = [("h", 1, f"jaxalign experiment report — {ds['label']}")]
+    title, how_to_read, level), ("code", text). ``results``: dataset name → its results; ``cross``: the
+    cross-dataset analyses (empty for one dataset)."""
+    names = list(results)
+    multi = len(names) > 1
+    shift = 1 if multi else 0
+    label = "study of " + ", ".join(names) if multi else context["datasets"][names[0]]["dataset"]["label"]
+    b: list[tuple] = [("h", 1, f"jaxalign experiment report — {label}")]
     b.append(
         (
             "p",
@@ -264,22 +316,87 @@ def build_blocks(results: Mapping[str, Any], context: Mapping[str, Any], figures
     )
 
     b.append(("h", 2, "Qualitative findings of the seeds, evaluated on this run"))
-    b.append(("p", f"{check_tally(results['checks'])}; n/a: the run lacks what the check needs (not a failure)."))
-    rows = [[c["finding"], c["numbers"], c["rule"], c["value"], _verdict(c["passed"])] for c in results["checks"]]
-    b.append(("table", ["finding", "numbers", "rule", "value", "verdict"], rows))
+    checks = [c for res in results.values() for c in res["checks"]] + list(cross.get("checks") or [])
+    b.append(("p", f"{check_tally(checks)}; n/a: the run lacks what the check needs (not a failure)."))
+    b.append(("table", ["dataset", "finding", "numbers", "rule", "value", "verdict"], _check_rows(results, cross)))
 
     b.append(("h", 2, "Stages"))
     rows = [
-        [s["stage"], f"{s['seconds']:.1f}", str(s["computed"]), str(s["cached"]), s["summary"]]
+        [s.get("dataset", ""), s["stage"], f"{s['seconds']:.1f}", str(s["computed"]), str(s["cached"]), s["summary"]]
         for s in context["stages"]
     ]
-    b.append(("table", ["stage", "seconds", "computed", "cached", "summary"], rows))
+    b.append(("table", ["dataset", "stage", "seconds", "computed", "cached", "summary"], rows))
 
-    b.append(("h", 2, "Dataset"))
+    if multi:
+        b.append(("h", 2, "Datasets of the study"))
+        rows = []
+        for n in names:
+            ds = context["datasets"][n]["dataset"]
+            rows.append(
+                [
+                    n,
+                    results[n].get("distribution") or "—",
+                    f"{ds['name']} / {ds['format']}",
+                    _fmt(ds["n_selected"]),
+                    _fmt(results[n]["n_structures"]),
+                    str(len(results[n]["models"])),
+                ]
+            )
+        head = ["dataset", "distribution", "config / format", "drawn", "compared", "models compared"]
+        b.append(("table", head, rows))
+        b += _coverage_blocks(results, context["datasets"])
+        shown = [f for f in figures if f["stem"].startswith("cross_dataset/")]
+        if shown:
+            b.append(("h", 2, "Across datasets"))
+            b.append(
+                (
+                    "p",
+                    f"In- vs out-of-distribution comparisons use {cross['in']} and {cross['out']}"
+                    + (
+                        " (their `distribution: in` / `out`)."
+                        if cross["marked"]
+                        else " (no dataset sets `distribution: in/out`: the study's first two)."
+                    )
+                    + f" Joint maps: the {len(cross['map_models'])} models compared on every dataset whose features "
+                    "have one width on all of them"
+                    + (
+                        " (left out: " + "; ".join(f"{m}: {why}" for m, why in cross["map_left_out"].items()) + ")."
+                        if cross["map_left_out"]
+                        else "."
+                    ),
+                )
+            )
+            for f in shown:
+                b.append(("fig", f["stem"], f["title"], f["how_to_read"], 3))
+
+    for n in names:
+        if multi:
+            b.append(("h", 2, f"Dataset: {n}"))
+        b += _dataset_blocks(
+            results[n], context["datasets"][n], [f for f in figures if f["stem"].startswith(f"{n}/")], shift
+        )
+
+    b.append(("h", 2, "Notes"))
+    for n in names:
+        for note in context["datasets"][n]["notes"]:
+            b.append(("p", (f"{n}: " if multi else "") + note))
+    b.append(("h", 2, "Configuration"))
+    b.append(("code", context["config_yaml"]))
+    return b
+
+
+def _dataset_blocks(
+    results: Mapping[str, Any], context: Mapping[str, Any], figures: Sequence[Mapping[str, str]], shift: int
+) -> list:
+    """One dataset's sections (dataset, models, figures, matrices, …); headings one level deeper in a study."""
+    names = list(results["models"])
+    ds = context["dataset"]
+    b: list[tuple] = []
+    b.append(("h", 2 + shift, "Dataset"))
     elements = ", ".join(f"{e} ({n})" for e, n in list(ds["elements"].items())[:25])
     rows = [
         ["name / format", f"{ds['name']} / {ds['format']}"],
-        ["path", ds["path"] or "embedded (ASE g2 + s22 + dcdft, with rattled and strained copies)"],
+        ["path", ds["path"] or "embedded: ASE collections (reader options in the configuration below)"],
         ["records read", _fmt(ds["n_read"])],
         ["filters", str(ds["filters"])],
         ["dropped by filters", str(ds["dropped"] or "none")],
@@ -293,7 +410,7 @@ def build_blocks(results: Mapping[str, Any], context: Mapping[str, Any], figures
     ]
     b.append(("table", ["", ""], rows))
 
-    b.append(("h", 2, "Models"))
+    b.append(("h", 2 + shift, "Models"))
     rows = []
     for m in context["model_rows"]:
         rows.append(
@@ -338,7 +455,7 @@ def build_blocks(results: Mapping[str, Any], context: Mapping[str, Any], figures
     )
     meta = results.get("metadata") or {}
     if meta:
-        b.append(("h", 3, "Model metadata (extractors.metadata; corrections: models.meta.<id>.<field>)"))
+        b.append(("h", 3 + shift, "Model metadata (extractors.metadata; corrections: models.meta.<id>.<field>)"))
         head = ["model", "architecture", "modality", "training data", "level of theory", "equivariance", "energy head"]
         rows = [
             [m, d["architecture"], d["modality"], ", ".join(d["training_data"]) or "—", d["level_of_theory"],
@@ -347,11 +464,11 @@ def build_blocks(results: Mapping[str, Any], context: Mapping[str, Any], figures
         ]  # fmt: skip
         b.append(("table", head, rows))
 
-    b.append(("h", 2, "Figures"))
+    b.append(("h", 2 + shift, "Figures"))
     for f in figures:
-        b.append(("fig", f["stem"], f["title"], f["how_to_read"]))
+        b.append(("fig", f["stem"], f["title"], f["how_to_read"], 3 + shift))
 
-    b.append(("h", 2, "Matrices"))
+    b.append(("h", 2 + shift, "Matrices"))
     mats = results["matrices"]
     k_main = mats["cknna_k_main"]
     tables = [
@@ -375,17 +492,17 @@ def build_blocks(results: Mapping[str, Any], context: Mapping[str, Any], figures
             marks = np.asarray(sig[f"{key}:p"]) <= sig["alpha"]
         if key == "id_cor":
             marks = np.asarray(mats["id_cor_p"]) <= float(results["id_correlation"]["alpha"])
-        b.append(("h", 3, title + (" (* significant)" if marks is not None and key != "id_cor" else "")))
+        b.append(("h", 3 + shift, title + (" (* significant)" if marks is not None and key != "id_cor" else "")))
         b.append(("table", *_matrix_table(mats[key], names, names, marks)))
     rec = results.get("reconstruction") or {}
     for level in rec.get("levels", []):
         for measure in ("gfre", "lfre"):
             what = "atom level" if level == "atom" else f"cumulant level, φ({rec['order']})"
-            b.append(("h", 3, f"{measure.upper()} ({what}), row = source, column = target"))
+            b.append(("h", 3 + shift, f"{measure.upper()} ({what}), row = source, column = target"))
             b.append(("table", *_matrix_table(rec[f"{level}_{measure}"], rec["models"], rec["models"])))
     for m in rec.get("order_models", []):
         labels = [f"φ({o})" for o in rec["orders"]]
-        b.append(("h", 3, f"GFRE between cumulant orders, {m} (row = source)"))
+        b.append(("h", 3 + shift, f"GFRE between cumulant orders, {m} (row = source)"))
         b.append(("table", *_matrix_table(rec[f"order:{m}"], labels, labels)))
     if rec.get("levels"):
         comps = ", ".join(f"{m} {p}" for m, p in rec["components_cumulant"].items())
@@ -403,7 +520,7 @@ def build_blocks(results: Mapping[str, Any], context: Mapping[str, Any], figures
 
     ids = results.get("intrinsic_dimension") or {}
     if ids:
-        b.append(("h", 3, "Intrinsic dimension"))
+        b.append(("h", 3 + shift, "Intrinsic dimension"))
         rows = [
             [
                 m,
@@ -417,16 +534,11 @@ def build_blocks(results: Mapping[str, Any], context: Mapping[str, Any], figures
         b.append(("table", ["model", "TwoNN", f"MLE (k = {ids['k']})", "median local MLE", "distinct rows"], rows))
     energy = results.get("energy") or {}
     if energy.get("models"):
-        b.append(("h", 3, "Energy-regression error"))
+        b.append(("h", 3 + shift, "Energy-regression error"))
         rows = [[m, _fmt(energy["mae_ev"][m], 4), _fmt(energy["mae_mev_atom"][m], 2)] for m in energy["models"]]
         b.append(("table", ["model", "MAE (eV per structure)", "MAE (meV/atom)"], rows))
         b.append(("p", context["energy_note"]))
 
-    b.append(("h", 2, "Notes"))
-    for note in context["notes"]:
-        b.append(("p", note))
-    b.append(("h", 2, "Configuration"))
-    b.append(("code", context["config_yaml"]))
     return b
 
 
@@ -450,9 +562,9 @@ def render_markdown(blocks: Sequence[tuple], figure_dir: str) -> str:
             out.extend("| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows)
             out.append("")
         elif kind == "fig":
-            _, stem, title, how = blk
+            _, stem, title, how, level = blk
             out.append(
-                f"### {title}\n\n![{title}]({figure_dir}/{stem}.png)\n\n*How to read:* {how} "
+                f"{'#' * level} {title}\n\n![{title}]({figure_dir}/{stem}.png)\n\n*How to read:* {how} "
                 f"([SVG]({figure_dir}/{stem}.svg))\n"
             )
         elif kind == "code":
@@ -501,10 +613,10 @@ def render_html(blocks: Sequence[tuple], figure_dir: Path, title: str) -> str:
                 out.append(f"<tr>{cells}</tr>")
             out.append("</table>")
         elif kind == "fig":
-            _, stem, ftitle, how = blk
+            _, stem, ftitle, how, level = blk
             data = base64.b64encode((figure_dir / f"{stem}.png").read_bytes()).decode()
             out.append(
-                f"<figure><h3>{_inline(ftitle)}</h3><img alt='{html.escape(ftitle)}' "
+                f"<figure><h{level}>{_inline(ftitle)}</h{level}><img alt='{html.escape(ftitle)}' "
                 f"src='data:image/png;base64,{data}'><figcaption><b>How to read:</b> {_inline(how)}"
                 "</figcaption></figure>"
             )
@@ -515,13 +627,17 @@ def render_html(blocks: Sequence[tuple], figure_dir: Path, title: str) -> str:
 
 
 def write_report(
-    run_dir: str | Path, results: Mapping[str, Any], context: Mapping[str, Any], figures: Sequence[Mapping[str, str]]
+    run_dir: str | Path,
+    results: Mapping[str, Mapping[str, Any]],
+    cross: Mapping[str, Any],
+    context: Mapping[str, Any],
+    figures: Sequence[Mapping[str, str]],
 ) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into ``run_dir`` (atomically); figures are read from
-    ``run_dir/figures``."""
+    ``run_dir/figures``. ``results``: dataset name → results; ``cross``: the cross-dataset analyses or {}."""
     run_dir = Path(run_dir)
-    blocks = build_blocks(results, context, figures)
+    blocks = build_blocks(results, cross, context, figures)
     md = atomic_write_bytes(run_dir / "report.md", render_markdown(blocks, "figures").encode())
-    page = render_html(blocks, run_dir / "figures", f"jaxalign report — {context['dataset']['label']}")
+    page = render_html(blocks, run_dir / "figures", str(blocks[0][2]))
     htm = atomic_write_bytes(run_dir / "report.html", page.encode())
     return md, htm

@@ -412,8 +412,10 @@ def metric_scatter(
     families: Families = None,
     labels: bool | None = None,
     colors: Mapping[str, Any] | None = None,
+    diagonal: bool = False,
 ) -> Any:
-    """One metric against another with the Spearman rank correlation in the title (seed 000 Fig. 1D: CKNNA vs dCor).
+    """One metric against another with the Spearman rank correlation in the title (seed 000 Fig. 1D: CKNNA vs dCor;
+    Fig. 2C: one metric in vs out of distribution, with ``diagonal``).
 
     ``a`` and ``b`` are either one value per model (1-D, labelled by ``names``) or two (M, M) model × model
     matrices, in which case each point is a model pair: the upper triangle when both matrices are symmetric, every
@@ -426,6 +428,8 @@ def metric_scatter(
       xlabel, ylabel: axis labels (metric names, e.g. ``"CKNNA (k = 25)"``, ``"dCor"``).
       labels: write the name beside each point (default: when there are at most 20 points).
       colors: family → colour overrides (1-D case).
+      diagonal: draw the line y = x over a square range (the same quantity on both axes: points above it are larger
+        on the y axis).
 
     Returns:
       The Figure (one axes).
@@ -465,6 +469,15 @@ def metric_scatter(
             finite = np.isfinite(x) & np.isfinite(y)
             handles = _family_handles(palette, [f for f, ok in zip(fams, finite, strict=True) if ok])
     ax.margins(0.08)
+    if diagonal:
+        finite = np.concatenate([x[np.isfinite(x)], y[np.isfinite(y)]])
+        if finite.size:
+            lo, hi = float(finite.min()), float(finite.max())
+            pad = 0.06 * (hi - lo or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", lw=0.9, ls="--", zorder=1, label="y = x")
+            ax.set_xlim(lo - pad, hi + pad)
+            ax.set_ylim(lo - pad, hi + pad)
+            ax.set_aspect("equal", adjustable="box")
     rho = _rho_text(x, y)
     _style_axes(ax, xlabel, ylabel, f"{title}\n{rho}" if title else f"{ylabel} vs {xlabel}\n{rho}")
     if handles is True:

@@ -73,14 +73,23 @@ def _colorbar(
 
 
 def _draw_map(
-    ax: Any, xy: np.ndarray, color: np.ndarray | None, ood: np.ndarray | None, *, cmap: Any, norm: Any, size: float
+    ax: Any,
+    xy: np.ndarray,
+    color: np.ndarray | None,
+    ood: np.ndarray | None,
+    *,
+    cmap: Any,
+    norm: Any,
+    size: float,
+    point_colors: list[Any] | None = None,
 ) -> Any:
-    """Scatter one map on ``ax``; high colour values are drawn last (on top). Returns the colour-mapped artist."""
+    """Scatter one map on ``ax``; high colour values are drawn last (on top); ``point_colors`` (one colour per
+    point, e.g. by dataset) replaces the plain colour. Returns the colour-mapped artist."""
     from matplotlib.colors import LogNorm
 
     mappable = None
     if color is None:
-        plain = "#4c72b0" if norm is None else "0.6"  # grey beside coloured panels: not a colour-bar value
+        plain = point_colors or ("#4c72b0" if norm is None else "0.6")  # grey beside coloured panels
         ax.scatter(xy[:, 0], xy[:, 1], s=size, color=plain, alpha=0.7, linewidths=0, rasterized=len(xy) > 5000)
     else:
         bad = ~np.isfinite(color)
@@ -218,16 +227,22 @@ def map_grid(
     vmax: float | None = None,
     xlabel: str = "component 1",
     ylabel: str = "component 2",
+    groups: Any = None,
+    group_label: str = "group",
 ) -> Any:
-    """Several models' structure maps in one figure (seed 000 Fig. 2A, 2D), one panel per model.
+    """Several models' structure maps in one figure (seed 000 Fig. 2A, C5, 2D), one panel per model.
 
     ``color`` and ``ood_mask`` are either one array shared by all panels (e.g. a property of the structures) or a
     mapping model → array (e.g. each model's own energy error; models missing from the mapping are uncoloured).
-    All coloured panels share one colour scale and one colour bar, so colours compare across models.
+    All coloured panels share one colour scale and one colour bar, so colours compare across models. ``groups``
+    instead colours the points by category (e.g. each structure's dataset in a joint map of several datasets), one
+    colour per label with a legend titled ``group_label``.
 
     Args:
       coords: model name → (N_model, 2) coordinates, in panel order.
       color, color_label, ood_mask, cmap, log_color, vmin, vmax, xlabel, ylabel: as in :func:`structure_map`.
+      groups: one label per structure (shared by every panel, so every panel has the same N); not with ``color``.
+      group_label: the legend title for ``groups``.
       ncols: panels per row (default: up to 4, near-square grid).
       title: figure title.
 
@@ -243,6 +258,7 @@ def map_grid(
         color, names, n_of, "color", lambda v, m: style.as_vector(v, f"color[{m!r}]", n_of[m], against=f"coords[{m!r}]")
     )
     masks = _per_model(ood_mask, names, n_of, "ood_mask", lambda v, m: _mask(v, n_of[m], f"ood_mask[{m!r}]"))
+    point_colors, group_handles = _group_colors(groups, n_of, color)
     coloured = [c for c in colors.values() if c is not None]
     cmap_, norm = _norm(coloured, vmin=vmin, vmax=vmax, cmap=cmap, log_color=log_color) if coloured else (None, None)
 
@@ -258,7 +274,10 @@ def map_grid(
     shared = len(counts) == m and len(set(counts.values())) == 1  # one count for every panel: said once, in the legend
     for ax, name in zip(axes.flat, names, strict=False):
         xy = xys[name]
-        artist = _draw_map(ax, xy, colors[name], masks[name], cmap=cmap_, norm=norm, size=_point_size(len(xy)) * 0.7)
+        size = _point_size(len(xy)) * 0.7
+        artist = _draw_map(
+            ax, xy, colors[name], masks[name], cmap=cmap_, norm=norm, size=size, point_colors=point_colors
+        )
         mappable = mappable or artist
         label = style.shorten(name, 30)
         if name in counts and not shared:
@@ -292,6 +311,39 @@ def map_grid(
             else "out of distribution",
         )
         fig.legend(handles=[handle], loc="outside lower center", fontsize=style.LEGEND_SIZE, frameon=False)
+    if group_handles:
+        fig.legend(
+            handles=group_handles,
+            title=group_label,
+            loc="outside right center",
+            fontsize=style.LEGEND_SIZE,
+            title_fontsize=style.LEGEND_SIZE,
+            frameon=False,
+        )
     if title:
         fig.suptitle(title, fontsize=style.TITLE_SIZE)
     return fig
+
+
+def _group_colors(groups: Any, n_of: Mapping[str, int], color: Any) -> tuple[list[Any] | None, list[Any]]:
+    """One colour per point from its category label, and the legend handles (label and count per category)."""
+    if groups is None:
+        return None, []
+    if color is not None:
+        raise ValueError(
+            "pass either `color` (a value per structure) or `groups` (a category per structure), not both."
+        )
+    labels = np.asarray(groups).astype(str)
+    sizes = set(n_of.values())
+    if labels.ndim != 1 or sizes != {labels.size}:
+        raise ValueError(f"`groups` must hold one label per structure, the same N for every panel ({sorted(sizes)}), "
+                         f"got shape {labels.shape}.")  # fmt: skip
+    from matplotlib.lines import Line2D
+
+    order = list(dict.fromkeys(labels.tolist()))
+    palette = {g: f"C{i % 10}" for i, g in enumerate(order)}
+    handles = [
+        Line2D([], [], ls="", marker="o", markersize=6, color=palette[g], label=f"{g} ({int((labels == g).sum())})")
+        for g in order
+    ]
+    return [palette[g] for g in labels], handles
