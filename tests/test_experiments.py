@@ -55,6 +55,9 @@ REQUIRED_FIGURES = {
     "fig8_cumulant_orders_chgnet-0.3.0",
     "fig8_single_orders_chgnet-0.3.0",
     "figA1_cknna_vs_k",
+    "figB2_composition_fits",
+    "figB3_composition_deviations",
+    "figB4_energy_error_by_level_of_theory",
 }
 
 

@@ -508,3 +508,34 @@ def test_every_figure_renders_without_clipped_text(tmp_path, zoo):
         width, height = fig.get_size_inches()
         assert tight.x0 >= -0.05 and tight.y0 >= -0.05, (name, tight)
         assert tight.x1 <= width + 0.05 and tight.y1 <= height + 0.05, (name, tight)
+
+
+# --------------------------------------------------------------------------------------------- energy (seed 000 B2–B4)
+def test_parity_grid_one_panel_per_model_with_its_mean_difference():
+    from jaxalign.plots import energy as en
+
+    x = np.array([0.0, 1.0, 2.0, np.nan])
+    fig = en.parity_grid({"a": (x, x + 0.5), "b": (x, x)}, xlabel="x (eV)", ylabel="y (eV)")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["a\nmean |y − x| = 0.5 eV", "b\nmean |y − x| = 0 eV"]  # the NaN structure is left out
+    assert [len(ax.collections[0].get_offsets()) for ax in fig.axes] == [3, 3]
+    with pytest.raises(ValueError, match="no structure with finite x and y"):
+        en.parity_grid({"a": ([np.nan], [1.0])}, xlabel="x", ylabel="y")
+    with pytest.raises(ValueError, match="must be a pair"):
+        en.parity_grid({"a": x}, xlabel="x", ylabel="y")
+
+
+def test_energy_error_bars_sorted_and_coloured_by_group():
+    from jaxalign.plots import energy as en
+
+    fig = en.energy_error_bars(
+        {"m1": 30.0, "m2": 10.0, "m3": 20.0, "m4": np.nan}, groups={"m1": "PBE", "m2": "r2SCAN", "m3": "PBE"}
+    )
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["m2", "m3", "m1"]  # smallest on top
+    heights = sorted(ax.patches[:3], key=lambda p: -p.get_y())
+    assert [p.get_width() for p in heights] == [10.0, 20.0, 30.0]
+    assert heights[1].get_facecolor() == heights[2].get_facecolor() != heights[0].get_facecolor()
+    assert "no value: m4" in fig._supxlabel.get_text()
+    with pytest.raises(ValueError, match="no finite value"):
+        en.energy_error_bars({"a": np.nan})

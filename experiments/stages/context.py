@@ -26,7 +26,7 @@ from experiments.cache import Checkpoint, content_key, read_json, write_json
 from experiments.features import Aligned, compact, compact_width, preprocess
 from experiments.watchdog import beat
 
-__all__ = ["Context", "InjectedFailure", "code_digest", "pair_matrix", "progress_bar"]
+__all__ = ["Context", "InjectedFailure", "code_digest", "pair_matrix", "progress_bar", "seeded_rows"]
 
 
 class InjectedFailure(RuntimeError):
@@ -59,6 +59,14 @@ def code_digest() -> str:
     for p in sorted(files):
         h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
+
+
+def seeded_rows(n: int, cap: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded subsample of at most ``cap`` of ``n`` rows (all of them when ``n <= cap`` or ``cap``
+    is None): how every stage that works on a subsample draws it."""
+    if cap is None or n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=int(cap), replace=False))
 
 
 def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> Any:

@@ -26,6 +26,7 @@ import numpy as np
 
 from experiments.cache import content_key, read_npz, write_json, write_npz
 from experiments.features import preprocess
+from experiments.stages.context import seeded_rows
 from experiments.stages.tree import BASELINE_FAMILY
 from experiments.watchdog import beat
 
@@ -53,12 +54,6 @@ def _shared(study: Mapping[str, Any], names: Sequence[str]) -> list[str]:
     return [m for m in first if all(m in study[n].results["models"] for n in names[1:])]
 
 
-def _rows(n: int, cap: int, seed: int) -> np.ndarray:
-    if n <= cap:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
-
-
 def _joint_maps(
     study: Mapping[str, Any], models: Sequence[str], cfg: Mapping[str, Any], root: Path, entry: dict[str, Any]
 ) -> dict[str, np.ndarray]:
@@ -68,7 +63,7 @@ def _joint_maps(
     ccfg = dict(cfg.get("cross_dataset") or {})
     cap, seed = int(ccfg.get("map_rows", 1000)), int(ccfg.get("seed", 0))
     names = list(study)
-    rows = {n: _rows(study[n].aligned.n, cap, seed) for n in names}
+    rows = {n: seeded_rows(study[n].aligned.n, cap, seed) for n in names}
     setting = (cfg.get("maps") or {}).get("umap", "auto")
     try:
         import umap

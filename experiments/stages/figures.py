@@ -79,6 +79,7 @@ SEED000_SOURCE = {
 def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
     """The figures the results support, in report order."""
     from jaxalign.plots import alignment as pa
+    from jaxalign.plots import energy as pe
     from jaxalign.plots import intrinsic_dimension as pid
     from jaxalign.plots import maps as pm
     from jaxalign.plots import reconstruction as pr
@@ -197,6 +198,56 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
                     ),
                 )
             )
+
+    # --- Figs. B2–B4: how the energy-regression error is built
+    fits = (energy.get("composition_fit") or {}).get("models") or {}
+    if fits:
+        n_fit = len((energy.get("composition_fit") or {}).get("rows") or [])
+        plan.append(
+            Figure(
+                "figB2_composition_fits",
+                "Fig. B2 — each model's energies against their linear compositional fit",
+                f"One panel per model with an energy head, {n_fit} structures: x the model's energy, y the "
+                "least-squares fit of those energies by element counts plus a constant (seed 000 eq. 1); the title "
+                "gives the mean "
+                "distance to y = x — what the fit leaves is the structural energy the error compares.",
+                functools.partial(
+                    pe.parity_grid,
+                    {m: (np.asarray(f["energy"]), np.asarray(f["fit"])) for m, f in fits.items()},
+                    xlabel="model energy (eV per structure)",
+                    ylabel="linear compositional fit (eV per structure)",
+                ),
+            )
+        )
+        plan.append(
+            Figure(
+                "figB3_composition_deviations",
+                "Fig. B3 — deviations from the compositional fit: reference against model",
+                f"x: the {energy['reference']} reference's deviation from its own compositional fit, ΔE_true; y: the "
+                "model's, ΔE_f (seed 000 eqs. 2–3); the energy-regression MAE is the mean |ΔE_f − ΔE_true| (eq. 4).",
+                functools.partial(
+                    pe.parity_grid,
+                    {m: (np.asarray(f["reference_deviation"]), np.asarray(f["deviation"])) for m, f in fits.items()},
+                    xlabel="reference deviation ΔE_true (eV per structure)",
+                    ylabel="model deviation ΔE_f (eV per structure)",
+                ),
+            )
+        )
+        plan.append(
+            Figure(
+                "figB4_energy_error_by_level_of_theory",
+                "Fig. B4 — energy-regression error of each model, by the level of theory it was trained on",
+                f"Bars: MAE against the {energy['reference']} reference, smallest on top; colour: the DFT level of "
+                "theory of the model's training data (extractors.metadata; models.meta.<id>.level_of_theory corrects "
+                "it).",
+                functools.partial(
+                    pe.energy_error_bars,
+                    mae,
+                    groups={m: (meta.get(m) or {}).get("level_of_theory", "—") for m in mae},
+                    xlabel="energy MAE (eV per structure)" if per_structure else "energy MAE (meV/atom)",
+                ),
+            )
+        )
 
     # --- Fig. 1D CKNNA vs dCor
     plan.append(

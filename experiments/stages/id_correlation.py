@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from experiments.features import compact, compact_width
-from experiments.stages.context import Context, pair_matrix
+from experiments.stages.context import Context, pair_matrix, seeded_rows
 
 
 def id_correlations(ctx: Context, entry: dict[str, Any]) -> dict[str, Any]:
@@ -25,8 +25,8 @@ def id_correlations(ctx: Context, entry: dict[str, Any]) -> dict[str, Any]:
         entry["summary"] = "skipped" + (" (analysis.id_correlation.enabled=false)" if len(ctx.models) >= 2 else "")
         return {}
     draws, seed = int(cfg.get("draws", 49)), int(cfg.get("seed", 0))
-    rows = min(int(cfg.get("rows", 1000)), ctx.n)
-    take = np.sort(np.random.default_rng(seed).choice(ctx.n, size=rows, replace=False))
+    take = seeded_rows(ctx.n, int(cfg.get("rows", 1000)), seed)
+    rows = take.size
     names = ctx.models
 
     @functools.cache

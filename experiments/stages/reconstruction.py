@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from experiments.features import compact, compact_width
-from experiments.stages.context import Context, pair_matrix
+from experiments.stages.context import Context, pair_matrix, seeded_rows
 
 
 def reconstruction_models(ctx: Context) -> list[str]:
@@ -30,10 +30,7 @@ def _atom_rows(ctx: Context, models: Sequence[str], max_atoms: int | None, seed:
     for m, c in zip(models, counts, strict=True):
         if not np.array_equal(c, counts[0]):
             raise ValueError(f"model {m} stores a different number of atoms per structure than {models[0]}.")
-    total = int(counts[0].sum())
-    if max_atoms is None or total <= max_atoms:
-        return np.arange(total)
-    return np.sort(np.random.default_rng(seed).choice(total, size=int(max_atoms), replace=False))
+    return seeded_rows(int(counts[0].sum()), max_atoms, seed)
 
 
 def _split(
