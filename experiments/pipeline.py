@@ -49,7 +49,7 @@ from experiments.stages.energy import energy_errors
 from experiments.stages.extraction import extract_models
 from experiments.stages.id_correlation import id_correlations
 from experiments.stages.intrinsic_dimension import intrinsic_dimensions
-from experiments.stages.maps import structure_maps, umap_maps
+from experiments.stages.maps import cumulant_maps, structure_maps, umap_maps
 from experiments.stages.matrices import alignment_matrices
 from experiments.stages.reconstruction import reconstruction
 from experiments.stages.significance import significance
@@ -371,6 +371,7 @@ def _analyse(
         umap = umap_maps(ctx, e)
         if umap:
             e["summary"] += " and UMAP maps"
+        cmaps = cumulant_maps(ctx, energy.get("target"), e)
 
     id_of = {r["id"]: r for r in s["records"]}
     results: dict[str, Any] = {
@@ -389,6 +390,7 @@ def _analyse(
         "energy": energy,
         "maps": maps,
         "umap": umap,
+        "cumulant_maps": cmaps,
         "metadata": metadata,
         "coverage": {m: float(c) for m, c in aligned.coverage.items()},
         "n_params": {r.model: r.info.get("n_params") for r in d.runs if r.model in aligned.models},

@@ -58,6 +58,8 @@ REQUIRED_FIGURES = {
     "figB2_composition_fits",
     "figB3_composition_deviations",
     "figB4_energy_error_by_level_of_theory",
+    "fig9_cumulant_maps_by_subset",
+    "fig9_cumulant_maps_by_energy",
 }
 
 

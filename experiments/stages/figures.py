@@ -438,6 +438,46 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
                 )
             )
 
+    # --- seed 003 Fig. 9: PCovR maps of κ̃(1) and φ(K) descriptors, by subset and by energy
+    cm = results.get("cumulant_maps") or {}
+    if cm.get("models"):
+        order, phi_k = int(cm["order"]), f"φ({int(cm['order'])})"
+        panels = {f"{m}: {label}": cm[f"{tag}:{m}"] for m in cm["models"] for tag, label in
+                  (("phi1", "κ̃(1)"), ("phiK", phi_k))}  # fmt: skip
+        target = "PCA (no energy target)" if cm["energy_per_atom"] is None else f"PCovR (α = {cm['alpha']:g})"
+        plan.append(
+            Figure(
+                "fig9_cumulant_maps_by_subset",
+                f"Fig. 9 (seed 003) — {target} maps of mean-feature κ̃(1) and cumulant {phi_k} descriptors",
+                "Each model's structures mapped from the mean of its atom features (κ̃(1)) and from the cumulants "
+                f"up to order {order} ({phi_k}), coloured by the subset of the dataset (a structure id's first part). "
+                "Seed 003: the mean-only maps share a motif across models; the higher-order maps become "
+                "model-specific.",
+                functools.partial(
+                    pm.map_grid, panels, groups=cm["subset"], group_label="subset", ncols=2,
+                    xlabel="PCov 1", ylabel="PCov 2",
+                ),
+            )
+        )  # fmt: skip
+        if cm["energy_per_atom"] is not None:
+            plan.append(
+                Figure(
+                    "fig9_cumulant_maps_by_energy",
+                    f"Fig. 9 (seed 003, bottom row) — the {phi_k} maps coloured by energy per atom, their PCovR target",
+                    "Colour: the composition-detrended reference energy per atom (eV/atom), the PCovR target (seed "
+                    "003 colours by cohesive energy; the linear fit in the element counts absorbs the isolated-atom "
+                    "energies). A smooth gradient across the map means the descriptor orders structures by energy.",
+                    functools.partial(
+                        pm.map_grid,
+                        {m: cm[f"phiK:{m}"] for m in cm["models"]},
+                        color=np.asarray(cm["energy_per_atom"], float),
+                        color_label="energy per atom, composition-detrended (eV/atom)",
+                        xlabel="PCov 1",
+                        ylabel="PCov 2",
+                    ),
+                )
+            )
+
     # --- seed 003 reconstruction
     rec = results.get("reconstruction") or {}
     for level in rec.get("levels", []):

@@ -69,3 +69,52 @@ def umap_maps(ctx: Context, entry: dict[str, Any]) -> dict[str, np.ndarray]:
         beat()
     write_npz(path, out)
     return out
+
+
+def cumulant_maps(ctx: Context, target: np.ndarray | None, entry: dict[str, Any]) -> dict[str, Any]:
+    """Seed 003 Fig. 9: PCovR maps of the structure descriptors built from the mean atom features (κ̃(1)) and from
+    the cumulants up to the highest of ``analysis.reconstruction.cumulant_orders`` (φ(8), as in the seed), for one
+    model per MLIP family
+    (at most four), with the energy per atom as the PCovR target (α = ``analysis.maps.alpha``). The seed's target is
+    the cohesive energy; here it is the composition-detrended reference energy per atom (the linear fit in the
+    element counts absorbs the isolated-atom energies). The cumulants use the full atom features (no PCA, §III F).
+    Returns ``{"models", "order", "subset", "energy_per_atom", "phi1:<m>", "phiK:<m>"}`` or {} (fewer than one
+    model with atom features and energies)."""
+    from experiments.stages.reconstruction import reconstruction_models
+    from jaxalign.descriptors import cumulant_descriptors
+    from jaxalign.preprocessing import center_scale_total_variance
+    from jaxalign.projection import pcovr
+
+    models = list({ctx.aligned.family(m): m for m in reversed(reconstruction_models(ctx))}.values())[::-1][:4]
+    if not models:
+        return {}
+    rc = ctx.cfg.get("reconstruction") or {}
+    order = max(2, *(int(o) for o in rc.get("cumulant_orders") or [rc.get("cumulant_order") or 8]))
+    alpha = float((ctx.cfg.get("maps") or {}).get("alpha", 0.5))
+    n_atoms = ctx.aligned.embeddings[models[0]].n_atoms.astype(np.float64)
+    y = None if target is None else np.asarray(target, dtype=np.float64) / n_atoms
+    if y is None or not np.isfinite(y).all() or y.std() == 0:
+        y, alpha = None, 1.0
+    key = ctx.key("cumulant_maps", {"models": models, "order": order, "alpha": alpha, "y": None if y is None else
+                                    content_key("y", {"y": np.round(y, 8).tolist()})})  # fmt: skip
+    path = ctx.root / f"cumulant-maps-{key}.npz"
+    if path.exists():
+        entry["cached"] += len(models)
+        out = read_npz(path)
+    else:
+        ys = np.zeros(ctx.n, np.float32) if y is None else ((y - y.mean()) / y.std()).astype(np.float32)
+        out = {}
+        for m in models:
+            emb = ctx.aligned.embeddings[m]
+            a = np.asarray(emb.atom_features, dtype=np.float32)
+            phi = np.asarray(cumulant_descriptors(a, emb.n_atoms, order=order), dtype=np.float32)
+            width = emb.atom_features.shape[1]
+            for tag, x in (("phi1", phi[:, :width]), ("phiK", phi)):
+                xs = np.asarray(center_scale_total_variance(x), dtype=np.float32)
+                out[f"{tag}:{m}"] = np.asarray(pcovr(xs, ys, alpha=alpha, n_components=2).transform(xs))
+            entry["computed"] += 1
+            beat()
+        write_npz(path, out)
+    subset = np.array([str(i).split("/")[0] for i in ctx.aligned.ids.tolist()])
+    entry["summary"] += f"; κ̃(1) and φ({order}) PCovR maps for {', '.join(models)}"
+    return {"models": models, "order": order, "alpha": alpha, "subset": subset, "energy_per_atom": y, **out}
