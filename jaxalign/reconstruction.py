@@ -7,7 +7,8 @@ How well do the features X reconstruct the features Y?
   shuffle=True, random_state=0x5F3759DF)``: ``RandomState(seed).permutation(N)``, test = its first ceil(N/2)
   entries, train = the next floor(N/2) (in permutation order). One given set → the other is its sorted complement.
 - Scaling: X and Y each centred and divided by sqrt(total variance) fitted on the train rows
-  (``StandardFlexibleScaler``), so the error of the trivial predictor 0 is 1 on the train set.
+  (``StandardFlexibleScaler``), so the error of the trivial predictor 0 is 1 on the train set; ``scale="all"`` fits
+  it on every row instead, as seed 003 §II A scales "on the analysis dataset".
 - GFRE(X→Y) = sqrt(mean_test ‖y_i − x_i W‖²), W from :func:`jaxalign.ridge.fit_ridge2fold` on the train rows.
 - GFRD(X→Y) = sqrt(mean_test ‖ŷ_i − x_i Q‖²), ŷ = x W and Q the orthogonal Procrustes map of the train rows X → Ŷ,
   both zero-padded to max(d_X, d_Y) columns (the anchor crashes when d_X > d_Y, scikit-matter issue #269; the
@@ -45,6 +46,8 @@ from jaxalign.tiling import TILE_BUDGET, default_tile, map_row_tiles, resolve_me
 
 __all__ = ["gfrd", "gfre", "lfre", "pointwise_gfrd", "pointwise_gfre", "pointwise_lfre", "train_test_indices"]
 
+#: the rows a scaler can be fitted on (``scale``): the train rows (scikit-matter) or all of them (seed 003).
+SCALES = ("train", "all")
 #: total variance below which a feature set cannot be scaled (``StandardFlexibleScaler``'s ``atol``).
 MIN_TOTAL_VARIANCE = 1e-12
 
@@ -96,9 +99,12 @@ def _input_stats(x: jax.Array, y: jax.Array, rows: jax.Array) -> tuple[jax.Array
 
 
 def _validate(
-    x: Any, y: Any, train_idx: Any, test_idx: Any, alphas: Any, random_state: int
+    x: Any, y: Any, train_idx: Any, test_idx: Any, alphas: Any, random_state: int, scale: str
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Eager checks shared by every measure; returns (x, y, train, test, alphas) ready for the jitted cores."""
+    if scale not in SCALES:
+        raise ValueError(f"`scale` must be one of {SCALES} (the rows the total-variance scaler is fitted on), got "
+                         f"{scale!r}.")  # fmt: skip
     x = as_features(x, "x", check_finite=False)
     y = as_features(y, "y", check_finite=False)
     check_same_n(x, y)
@@ -112,13 +118,14 @@ def _validate(
         raise ValueError("the test set is empty; pass `test_idx` or leave some rows out of `train_idx`.")
     train_rows, test_rows = jnp.asarray(train), jnp.asarray(test)
     if is_concrete(x) and is_concrete(y):
-        bad_rows, total_vars = jax.device_get(_input_stats(x, y, train_rows))
+        fit_rows = train_rows if scale == "train" else jnp.arange(x.shape[0])
+        bad_rows, total_vars = jax.device_get(_input_stats(x, y, fit_rows))
         for name, bad in zip(("x", "y"), bad_rows, strict=True):
             raise_non_finite(name, int(bad))
         for name, total_var in zip(("x", "y"), total_vars, strict=True):
             if total_var < MIN_TOTAL_VARIANCE:
                 raise ValueError(
-                    f"`{name}` has total variance {total_var:.3g} < {MIN_TOTAL_VARIANCE:g} on the train rows, so it "
+                    f"`{name}` has total variance {total_var:.3g} < {MIN_TOTAL_VARIANCE:g} on the {scale} rows, so it "
                     "cannot be scaled to unit total variance; check for constant or all-zero features."
                 )
     dtype = jnp.result_type(x.dtype, y.dtype)
@@ -126,9 +133,10 @@ def _validate(
     return x.astype(dtype), y.astype(dtype), train_rows, test_rows, alphas
 
 
-def _scaled_split(x: jax.Array, train: jax.Array, test: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Train and test rows of ``x`` scaled by the total-variance scaler fitted on the train rows."""
-    scaled = center_scale_total_variance(x, fit_rows=train)
+def _scaled_split(x: jax.Array, train: jax.Array, test: jax.Array, scale: str) -> tuple[jax.Array, jax.Array]:
+    """Train and test rows of ``x`` scaled by the total-variance scaler fitted on the train rows (``scale="train"``)
+    or on every row (``"all"``)."""
+    scaled = center_scale_total_variance(x, fit_rows=train if scale == "train" else None)
     return scaled[train], scaled[test]
 
 
@@ -156,14 +164,16 @@ def _pad(a: jax.Array, rows: int, cols: int) -> jax.Array:
     return jnp.pad(a, ((0, rows - a.shape[0]), (0, cols - a.shape[1])))
 
 
-@functools.partial(jax.jit, static_argnames=("distortion", "random_state", "shuffle"))
-def _pointwise_global(x, y, train, test, alphas, *, distortion: bool, random_state: int, shuffle: bool) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("distortion", "random_state", "shuffle", "scale"))
+def _pointwise_global(
+    x, y, train, test, alphas, *, distortion: bool, random_state: int, shuffle: bool, scale: str
+) -> jax.Array:
     """Pointwise GFRE (``distortion=False``) or GFRD (``distortion=True``) of the test rows from one ridge fit.
 
     The flag is static so GFRE never pays for the Procrustes step (an SVD and N·d² products) that only GFRD needs.
     """
-    x_train, x_test = _scaled_split(x, train, test)
-    y_train, y_test = _scaled_split(y, train, test)
+    x_train, x_test = _scaled_split(x, train, test, scale)
+    y_train, y_test = _scaled_split(y, train, test, scale)
     fit = fit_ridge2fold(x_train, y_train, alphas, random_state=random_state, shuffle=shuffle)
     if not distortion:
         return _row_norm(y_test - x_test @ fit.weights)
@@ -184,6 +194,8 @@ _GLOBAL_ARGS = """
       alphas: relative singular-value cutoffs of the ridge (scikit-matter: ``geomspace(1e-9, 0.9, 20)``).
       random_state: seed of the train/test split and of the ridge's 2-fold split (scikit-matter: 0x5F3759DF).
       shuffle: shuffle the train rows before the ridge's 2-fold split.
+      scale: the rows each total-variance scaler is fitted on: ``"train"`` (scikit-matter) or ``"all"`` (seed 003
+        §II A: zero mean and unit total variance "on the analysis dataset", train and test rows together).
 """
 
 
@@ -196,13 +208,14 @@ def pointwise_gfre(
     alphas: Any = DEFAULT_ALPHAS,
     random_state: int = SEED,
     shuffle: bool = True,
+    scale: str = "train",
 ) -> jax.Array:
     """Per-test-point global feature reconstruction error ‖y_i − x_i W‖ (scikit-matter
     ``pointwise_global_reconstruction_error``), in the order of the test indices.
     """
-    x, y, train, test, alphas = _validate(x, y, train_idx, test_idx, alphas, random_state)
+    x, y, train, test, alphas = _validate(x, y, train_idx, test_idx, alphas, random_state, scale)
     return _pointwise_global(
-        x, y, train, test, alphas, distortion=False, random_state=int(random_state), shuffle=bool(shuffle)
+        x, y, train, test, alphas, distortion=False, random_state=int(random_state), shuffle=bool(shuffle), scale=scale
     )
 
 
@@ -215,6 +228,7 @@ def gfre(
     alphas: Any = DEFAULT_ALPHAS,
     random_state: int = SEED,
     shuffle: bool = True,
+    scale: str = "train",
 ) -> jax.Array:
     """Global feature reconstruction error GFRE(X→Y) = sqrt(mean_test ‖y_i − x_i W‖²) (Goscinski et al. 2021;
     scikit-matter ``global_reconstruction_error``).
@@ -224,7 +238,14 @@ def gfre(
     """
     return _rms(
         pointwise_gfre(
-            x, y, train_idx=train_idx, test_idx=test_idx, alphas=alphas, random_state=random_state, shuffle=shuffle
+            x,
+            y,
+            train_idx=train_idx,
+            test_idx=test_idx,
+            alphas=alphas,
+            random_state=random_state,
+            shuffle=shuffle,
+            scale=scale,
         )
     )
 
@@ -238,13 +259,14 @@ def pointwise_gfrd(
     alphas: Any = DEFAULT_ALPHAS,
     random_state: int = SEED,
     shuffle: bool = True,
+    scale: str = "train",
 ) -> jax.Array:
     """Per-test-point global feature reconstruction distortion ‖ŷ_i − x_i Q‖ (scikit-matter
     ``pointwise_global_reconstruction_distortion``), in the order of the test indices; works for any d_x, d_y.
     """
-    x, y, train, test, alphas = _validate(x, y, train_idx, test_idx, alphas, random_state)
+    x, y, train, test, alphas = _validate(x, y, train_idx, test_idx, alphas, random_state, scale)
     return _pointwise_global(
-        x, y, train, test, alphas, distortion=True, random_state=int(random_state), shuffle=bool(shuffle)
+        x, y, train, test, alphas, distortion=True, random_state=int(random_state), shuffle=bool(shuffle), scale=scale
     )
 
 
@@ -257,6 +279,7 @@ def gfrd(
     alphas: Any = DEFAULT_ALPHAS,
     random_state: int = SEED,
     shuffle: bool = True,
+    scale: str = "train",
 ) -> jax.Array:
     """Global feature reconstruction distortion GFRD(X→Y) = sqrt(mean_test ‖ŷ_i − x_i Q‖²) (Goscinski et al. 2021;
     scikit-matter ``global_reconstruction_distortion``).
@@ -267,7 +290,14 @@ def gfrd(
     """
     return _rms(
         pointwise_gfrd(
-            x, y, train_idx=train_idx, test_idx=test_idx, alphas=alphas, random_state=random_state, shuffle=shuffle
+            x,
+            y,
+            train_idx=train_idx,
+            test_idx=test_idx,
+            alphas=alphas,
+            random_state=random_state,
+            shuffle=shuffle,
+            scale=scale,
         )
     )
 
@@ -298,12 +328,12 @@ def _lfre_tile(
     return map_fits(one, query, y_test[rows], neighbours, mesh=mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "random_state", "shuffle", "tile", "mesh"))
+@functools.partial(jax.jit, static_argnames=("k", "random_state", "shuffle", "scale", "tile", "mesh"))
 def _pointwise_lfre(
-    x, y, train, test, alphas, *, k: int, random_state: int, shuffle: bool, tile: int, mesh: Mesh | None
+    x, y, train, test, alphas, *, k: int, random_state: int, shuffle: bool, scale: str, tile: int, mesh: Mesh | None
 ) -> jax.Array:
-    x_train, x_test = _scaled_split(x, train, test)
-    y_train, y_test = _scaled_split(y, train, test)
+    x_train, x_test = _scaled_split(x, train, test, scale)
+    y_train, y_test = _scaled_split(y, train, test, scale)
     graph = neighbor_graph(x_test, x_train, k=k, metric="euclidean", exclude_self=False, mesh=mesh)
     fn = functools.partial(_lfre_tile, random_state=random_state, shuffle=shuffle, mesh=mesh)
     return map_row_tiles(
@@ -321,13 +351,14 @@ def pointwise_lfre(
     alphas: Any = DEFAULT_ALPHAS,
     random_state: int = SEED,
     shuffle: bool = True,
+    scale: str = "train",
     tile: int | None = None,
     mesh: Mesh | str | None = "auto",
 ) -> jax.Array:
     """Per-test-point local feature reconstruction error ‖y_i − ỹ_i‖ (scikit-matter
     ``pointwise_local_reconstruction_error`` with ``n_local_points=k``), in the order of the test indices.
     """
-    x, y, train, test, alphas = _validate(x, y, train_idx, test_idx, alphas, random_state)
+    x, y, train, test, alphas = _validate(x, y, train_idx, test_idx, alphas, random_state, scale)
     n_train = int(train.shape[0])
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ValueError(f"`k` must be an integer number of local train points, got {k!r}.")
@@ -343,7 +374,13 @@ def pointwise_lfre(
         tile = default_tile(n_test, width, TILE_BUDGET)
     mesh = resolve_mesh(mesh)
     run = functools.partial(
-        _pointwise_lfre, k=int(k), random_state=int(random_state), shuffle=bool(shuffle), tile=int(tile), mesh=mesh
+        _pointwise_lfre,
+        k=int(k),
+        random_state=int(random_state),
+        shuffle=bool(shuffle),
+        scale=scale,
+        tile=int(tile),
+        mesh=mesh,
     )
     if not shares_cpu_pool(mesh) or not is_concrete(x):
         return run(x, y, train, test, alphas)
@@ -363,6 +400,7 @@ def lfre(
     alphas: Any = DEFAULT_ALPHAS,
     random_state: int = SEED,
     shuffle: bool = True,
+    scale: str = "train",
     tile: int | None = None,
     mesh: Mesh | str | None = "auto",
 ) -> jax.Array:
@@ -383,6 +421,7 @@ def lfre(
             alphas=alphas,
             random_state=random_state,
             shuffle=shuffle,
+            scale=scale,
             tile=tile,
             mesh=mesh,
         )

@@ -410,6 +410,7 @@ def test_config_composes_both_command_lines() -> None:
         seed003 = compose("config", overrides=["analysis=seed003"]).analysis.reconstruction
         assert (seed003.split.test, seed003.cumulant_components, seed003.cumulant_order, seed003.order_lfre) == (
             1000, None, 8, True)  # fmt: skip
+        assert (seed003.scale, default.analysis.reconstruction.scale) == ("all", "train")
         assert default.analysis.name == "default" and default.analysis.reconstruction.split.test is None
 
 

@@ -150,6 +150,25 @@ def test_given_indices_match_skmatter():
     )
 
 
+def test_scale_all_fits_the_scalers_on_every_row():
+    """``scale="all"`` (seed 003 §II A): X and Y scaled to zero mean and unit total variance on all rows
+    (scikit-matter's StandardFlexibleScaler fitted on every row), then scikit-matter's ridge on the train rows."""
+    from skmatter.preprocessing import StandardFlexibleScaler
+
+    x, y = _related(6, *SMALL)
+    x = x * 5.0 + 3.0  # off-centre and scaled: the scaler's rows matter
+    train, test = train_test_indices(x.shape[0])
+    xs = StandardFlexibleScaler(column_wise=False).fit(x).transform(x)
+    ys = StandardFlexibleScaler(column_wise=False).fit(y).transform(y)
+    ridge = _skmatter_ridge().fit(xs[train], ys[train])
+    expected = np.sqrt(np.mean(np.sum((ys[test] - ridge.predict(xs[test])) ** 2, axis=1)))
+    np.testing.assert_allclose(float(gfre(x, y, scale="all")), expected, rtol=1e-9)
+    assert abs(float(gfre(x, y, scale="all")) - float(gfre(x, y))) > 1e-6  # the train-row scaler differs
+    assert np.isfinite(float(lfre(x, y, k=K_SMALL, scale="all")))
+    with pytest.raises(ValueError, match="`scale` must be one of"):
+        gfre(x, y, scale="test")
+
+
 def test_ridge_matches_skmatter():
     x, y = _related(4, 40, 30, 9)  # fewer fold rows than features: the cutoff matters
     ours = ridge2fold_cv(x, y)

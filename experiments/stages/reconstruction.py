@@ -84,6 +84,7 @@ def reconstruction(ctx: Context, entry: dict[str, Any]) -> dict[str, Any]:
         entry["summary"] = f"skipped: {len(models)} atomistic model(s) selected (need 2)"
         return {"models": models}
     seed = int(rc.get("seed", 0))
+    scale = str(rc.get("scale", "train"))  # the rows the feature scalers are fitted on (seed 003: "all")
     max_test = rc.get("lfre_max_test")
     levels = [lvl for lvl in ("atom", "cumulant") if rc.get(f"{lvl}_level", True)]
     order = int(rc.get("cumulant_order", 2))
@@ -164,7 +165,7 @@ def reconstruction(ctx: Context, entry: dict[str, Any]) -> dict[str, Any]:
 
     def cumulant_gfre(xa: np.ndarray, xb: np.ndarray) -> float:
         train, test, _ = splits["cumulant"]
-        return gfre(xa, xb, train_idx=train, test_idx=test)
+        return gfre(xa, xb, train_idx=train, test_idx=test, scale=scale)
 
     def order_pair(m: str, i: int, j: int) -> dict[str, Any]:
         """GFRE(φ(i) → φ(j)); with ``order_lfre`` also LFRE at k = the larger of the two widths (seed 003 Fig. 8)."""
@@ -173,7 +174,7 @@ def reconstruction(ctx: Context, entry: dict[str, Any]) -> dict[str, Any]:
         if order_lfre:
             train, _, test_l = splits["cumulant"]
             k = max(2, min(max(i, j) * p_ord[m], train.size - 1))
-            out.update(lfre=lfre(xa, xb, k=k, train_idx=train, test_idx=test_l), lfre_k=k)
+            out.update(lfre=lfre(xa, xb, k=k, train_idx=train, test_idx=test_l, scale=scale), lfre_k=k)
         return out
 
     def next_gfre(m: str) -> dict[str, float]:
@@ -186,8 +187,8 @@ def reconstruction(ctx: Context, entry: dict[str, Any]) -> dict[str, Any]:
         train, test, test_l = splits[level]
         k = max(2, min(da, db, train.size - 1))
         return {
-            "gfre": gfre(xa, xb, train_idx=train, test_idx=test),
-            "lfre": lfre(xa, xb, k=k, train_idx=train, test_idx=test_l),
+            "gfre": gfre(xa, xb, train_idx=train, test_idx=test, scale=scale),
+            "lfre": lfre(xa, xb, k=k, train_idx=train, test_idx=test_l, scale=scale),
             "lfre_k": k,
         }
 
