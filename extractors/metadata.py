@@ -232,7 +232,8 @@ def model_meta(model: str, family: str, overrides: Mapping[str, Any] | None = No
     """The metadata of registered ``model`` of ``family``, with a run's ``overrides`` on top."""
     if family not in FAMILY_META:
         raise ValueError(f"no metadata for family {family!r} (model {model!r}); add it to extractors.metadata.")
-    return merged(merged(FAMILY_META[family], MODEL_META.get(model)), overrides)
+    base = model.partition("@")[0]  # a layer of a model (``7net-0@2_equivariant_gate``) shares its metadata
+    return merged(merged(FAMILY_META[family], MODEL_META.get(base)), overrides)
 
 
 def unreadable(modality: str, record: Any) -> str | None:

@@ -19,7 +19,7 @@ from extractors import models
 from extractors.base import Extractor, ModelSpec
 from extractors.faults import UsageError, check_device
 
-__all__ = ["FAMILIES", "available", "build_extractor", "get_spec", "specs"]
+__all__ = ["FAMILIES", "available", "build_extractor", "get_spec", "specs", "split_layer"]
 
 #: Family modules listed first, in this order; any other module in extractors/models/ follows alphabetically.
 _FIRST = ("chgnet", "sevennet", "minilm", "soap", "morgan", "baseline")
@@ -46,6 +46,16 @@ def specs() -> dict[str, ModelSpec]:
                 raise RuntimeError(f"model id {spec.id!r} is registered twice ({out[spec.id].family}, {family}).")
             out[spec.id] = spec
     return out
+
+
+def split_layer(model_id: str) -> tuple[str, str | None]:
+    """A run's model id and the layer it names: ``"7net-0@2_equivariant_gate"`` → ``("7net-0",
+    "2_equivariant_gate")``, ``"7net-0"`` → ``("7net-0", None)``. The layer in the id lets one run hold several
+    layers of one model (seed 003 Figs. S3, S9: backbone vs last layer); each family documents its layers."""
+    base, sep, layer = str(model_id).partition("@")
+    if sep and (not base or not layer):
+        raise UsageError(f"model id {model_id!r}: write MODEL@LAYER with both parts, e.g. 7net-0@2_equivariant_gate.")
+    return base, (layer if sep else None)
 
 
 def get_spec(model: str) -> ModelSpec:

@@ -337,6 +337,33 @@ def test_two_dataset_study_with_each_paper_preset(preset: str, shared: dict[str,
             assert res["n_structures"] <= 30
 
 
+def test_two_layers_of_one_model_in_one_run(shared: dict[str, Path], tmp_path: Path) -> None:
+    """A model's layer is part of its id (MODEL@LAYER): SevenNet-0's last gate and its third one side by side, each
+    extracted under its own key, compared like two models (seed 003 Figs. S3, S9)."""
+    layer = "7net-0@2_equivariant_gate"
+    run_dir = tmp_path / "layers"
+    proc = run_app(
+        "+dataset=default",
+        "dataset.n=24",
+        f"models.ids=[7net-0,{layer},random]",
+        "analysis=quick",
+        "analysis.cknna.k=5",
+        "progress=false",
+        cache=shared["cache"],
+        run_dir=run_dir,
+        xla=shared["xla"],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = read_json(run_dir / "results" / "default" / "results.json")
+    assert res["models"] == ["7net-0", layer, "random"]
+    assert res["metadata"][layer] == res["metadata"]["7net-0"]  # a layer shares its model's metadata
+    cka = matrices(run_dir)["cka"]
+    assert 0.3 < cka[0, 1] < 0.9999  # two different but related feature spaces
+    stems = {f["stem"] for f in read_json(run_dir / "figures" / "figures.json")}
+    assert {"default/figS9_layers_gfre_7net-0", "default/figS9_layers_lfre_7net-0"} <= stems
+    assert len(list((shared["cache"] / "embeddings" / layer).glob("*.npz"))) >= 1
+
+
 # ------------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     ("overrides", "message"),

@@ -33,6 +33,7 @@ from experiments.extract import ALL_FAILED
 from experiments.stages.dataset import DatasetStage
 from experiments.watchdog import beat, child, terminate_children
 from extractors.faults import child_env, ensure_writable, exclusive_lock
+from extractors.registry import split_layer
 
 __all__ = ["ExtractionError", "ModelRun", "check_models", "extract_models"]
 
@@ -72,19 +73,21 @@ def check_models(ids: Sequence[str], pythons: Mapping[str, str]) -> dict[str, An
     dup = [m for m, c in collections.Counter(ids).items() if c > 1]
     if dup:
         raise ExtractionError(f"models.ids lists {dup} more than once.")
-    unknown = [m for m in ids if m not in table]
+    base = {m: split_layer(m)[0] for m in ids}
+    unknown = [m for m in ids if base[m] not in table]
     if unknown:
         raise ExtractionError(
-            f"unknown model id(s) {unknown}; known: {', '.join(table)} (see `python -m extractors list`)."
+            f"unknown model id(s) {unknown}; known: {', '.join(table)} (see `python -m extractors list`; a layer "
+            "is written MODEL@LAYER)."
         )
     for m in ids:
-        missing = available(table[m])
-        if missing and m not in pythons:
+        missing = available(table[base[m]])
+        if missing and m not in pythons and base[m] not in pythons:
             raise ExtractionError(
                 f"model {m!r} needs {missing}, missing from this interpreter; install them or give an interpreter "
                 f"that has them: models.python.{m}=/path/to/env/bin/python."
             )
-    return {m: table[m] for m in ids}
+    return {m: table[base[m]] for m in ids}
 
 
 def _key(spec: Any, dataset: DatasetStage, layer: str, options: Mapping[str, Any], extraction: Mapping) -> str:
@@ -280,8 +283,11 @@ def extract_models(
 
     plans = []
     for m in ids:
-        layer = str(layers.get(m, models.get("layer", "last")))
-        options = dict(all_options.get(m) or {})
+        base, named = split_layer(m)
+        if named is not None and m in layers:
+            raise ExtractionError(f"model {m!r} names its layer in its id; drop models.layers.{m}.")
+        layer = named or str(layers.get(m, models.get("layer", "last")))
+        options = dict(all_options.get(m) or all_options.get(base) or {})
         key = _key(specs[m], dataset, layer, options, extraction)
         out_dir = Path(cache_dir) / "embeddings" / m
         plans.append((m, layer, options, key, out_dir))
@@ -313,7 +319,7 @@ def extract_models(
                     key,
                     layer=layer,
                     options=options,
-                    python=pythons.get(m, sys.executable),
+                    python=pythons.get(m) or pythons.get(split_layer(m)[0]) or sys.executable,
                     extraction=extraction,
                     progress=progress and jobs == 1,
                 )

@@ -498,6 +498,30 @@ def figure_plan(results: Mapping[str, Any]) -> list[Figure]:
                     ),
                 )
             )
+    # --- seed 003 Figs. S3, S9: several layers of one model in one run (ids MODEL@LAYER)
+    layers: dict[str, list[str]] = {}
+    for m in rec.get("models", []):
+        layers.setdefault(m.partition("@")[0], []).append(m)
+    for base, members in layers.items():
+        if len(members) < 2 or "atom_gfre" not in rec:
+            continue
+        idx = [list(rec["models"]).index(m) for m in members]
+        for measure in ("gfre", "lfre"):
+            plan.append(
+                Figure(
+                    f"figS9_layers_{measure}_{base}",
+                    f"Seed 003 Figs. S3, S9 — {measure.upper()} between the layers of {base}, atomic environments",
+                    "Cell (row i, column j): error reconstructing layer j's atom features from layer i's. Seed 003: "
+                    "backbone features reconstruct the last layer better than the reverse (they hold more).",
+                    functools.partial(
+                        pr.reconstruction_heatmap,
+                        np.asarray(rec[f"atom_{measure}"])[np.ix_(idx, idx)],
+                        members,
+                        title=f"{measure.upper()} between layers of {base}",
+                        cbar_label=measure.upper(),
+                    ),
+                )
+            )
     for m in rec.get("order_models", []):
         plan.append(
             Figure(
