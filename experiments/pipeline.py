@@ -56,12 +56,12 @@ from experiments.stages.significance import significance
 from experiments.stages.tree import model_tree
 from experiments.watchdog import Watchdog, WatchdogConfig
 
-__all__ = ["run_pipeline"]
+__all__ = ["dataset_configs", "run_pipeline", "setup_jax"]
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _setup_jax(cache_dir: Path, cfg: Mapping[str, Any]) -> int:
+def setup_jax(cache_dir: Path, cfg: Mapping[str, Any]) -> int:
     """Persistent XLA compilation cache under the cache directory (a rerun compiles nothing either); with
     ``distributed``, one jax process per host (:func:`jax.distributed.initialize`). Returns this process's index:
     every process runs the stages up to the sweeps (matrices, significance), whose work units they share; process 0
@@ -442,7 +442,7 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
     if stop_after not in (None, "dataset", "extraction"):
         raise ValueError(f"debug.stop_after must be null, 'dataset' or 'extraction', got {stop_after!r}.")
     configs = dataset_configs(cfg)
-    rank = _setup_jax(cache_dir, cfg)
+    rank = setup_jax(cache_dir, cfg)
     if rank:  # under jax.distributed only process 0 writes the run's results; the others log beside them
         run_dir = ensure_writable(run_dir / f"process{rank}", "set hydra.run.dir= to a writable directory")
     log = StageLog(run_dir / "stage_log.jsonl")

@@ -364,6 +364,43 @@ def test_two_layers_of_one_model_in_one_run(shared: dict[str, Path], tmp_path: P
     assert len(list((shared["cache"] / "embeddings" / layer).glob("*.npz"))) >= 1
 
 
+def run_distill(*overrides: str, cache: Path, run_dir: Path, xla: Path) -> Any:
+    cmd = [sys.executable, str(REPO / "experiments" / "distill.py"), *overrides, f"cache_dir={cache}",
+           f"hydra.run.dir={run_dir}", f"jax_compilation_cache={xla}", "progress=false"]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def test_distillation_raises_alignment_and_resumes_bit_exactly(shared: dict[str, Path], tmp_path: Path) -> None:
+    """experiments/distill.py: SOAP → CHGNet 0.3.0 with the CKA loss raises CKA with the teacher on held-out
+    structures; a run stopped after 4 epochs and resumed to 8 from its orbax checkpoints ends with exactly the
+    numbers of an uninterrupted 8-epoch run."""
+    small = ["dataset.n=100", "distill.batch_size=16", "distill.learning_rate=0.005"]
+    cache = tmp_path / "cache"
+    for part in ("datasets", "embeddings"):
+        if (shared["cache"] / part).exists():
+            shutil.copytree(shared["cache"] / part, cache / part, dirs_exist_ok=True)
+    first = run_distill(*small, "distill.epochs=4", cache=cache, run_dir=tmp_path / "d4", xla=shared["xla"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_distill(*small, "distill.epochs=8", cache=cache, run_dir=tmp_path / "d8", xla=shared["xla"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    training = stage_log(tmp_path / "d8")["training"]
+    assert (training["computed"], training["cached"]) == (4, 4)  # epochs 5-8 trained, 1-4 restored
+    fresh_cache = tmp_path / "fresh"
+    shutil.copytree(cache / "datasets", fresh_cache / "datasets")
+    shutil.copytree(cache / "embeddings", fresh_cache / "embeddings")
+    whole = run_distill(*small, "distill.epochs=8", cache=fresh_cache, run_dir=tmp_path / "w8", xla=shared["xla"])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a = read_json(tmp_path / "d8" / "results" / "distill.json")
+    b = read_json(tmp_path / "w8" / "results" / "distill.json")
+    for key in ("train_loss", "cka_teacher", "cknna_teacher", "gfre_to_final"):
+        np.testing.assert_array_equal(np.asarray(a[key], float), np.asarray(b[key], float), err_msg=key)
+    assert a["steps"] == list(range(9))
+    assert a["cka_teacher"][-1] > a["cka_teacher"][0] + 0.02  # measurably closer to the teacher
+    assert a["cka_final"][-1] == pytest.approx(1.0, abs=1e-4)  # platonic-rep's +1e-6 in the denominator
+    md = (tmp_path / "d8" / "report.md").read_text()
+    assert "Before and after" in md and "figures/distill_alignment_with_teacher.png" in md
+
+
 # ------------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     ("overrides", "message"),

@@ -196,7 +196,7 @@ def _not_evaluable(finding: str, why: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------- blocks
-def _fmt(v: Any, digits: int = 3) -> str:
+def format_cell(v: Any, digits: int = 3) -> str:
     if v is None:
         return "—"
     if isinstance(v, (bool, np.bool_)):
@@ -215,7 +215,9 @@ def _matrix_table(
 ) -> tuple[list[str], list[list[str]]]:
     """A matrix as a table; ``marks`` (bool, same shape) appends "*" to the marked cells."""
     marks = np.zeros(mat.shape, bool) if marks is None else marks
-    body = [[r, *(_fmt(x) + ("*" if marks[i, j] else "") for j, x in enumerate(mat[i]))] for i, r in enumerate(rows)]
+    body = [
+        [r, *(format_cell(x) + ("*" if marks[i, j] else "") for j, x in enumerate(mat[i]))] for i, r in enumerate(rows)
+    ]
     return ["", *cols], body
 
 
@@ -337,8 +339,8 @@ def build_blocks(
                     n,
                     results[n].get("distribution") or "—",
                     f"{ds['name']} / {ds['format']}",
-                    _fmt(ds["n_selected"]),
-                    _fmt(results[n]["n_structures"]),
+                    format_cell(ds["n_selected"]),
+                    format_cell(results[n]["n_structures"]),
                     str(len(results[n]["models"])),
                 ]
             )
@@ -397,11 +399,11 @@ def _dataset_blocks(
     rows = [
         ["name / format", f"{ds['name']} / {ds['format']}"],
         ["path", ds["path"] or "embedded: ASE collections (reader options in the configuration below)"],
-        ["records read", _fmt(ds["n_read"])],
+        ["records read", format_cell(ds["n_read"])],
         ["filters", str(ds["filters"])],
         ["dropped by filters", str(ds["dropped"] or "none")],
         ["drawn (N, seed)", f"{ds['n_selected']} (N = {ds['n']}, seed {ds['seed']})"],
-        ["compared (embedded by every model kept)", _fmt(results["n_structures"])],
+        ["compared (embedded by every model kept)", format_cell(results["n_structures"])],
         ["molecules / periodic", f"{ds['n_molecules']} / {ds['n_periodic']}"],
         ["atoms per structure (min / median / max)", f"{ds['atoms_min']} / {ds['atoms_median']:g} / {ds['atoms_max']}"],
         ["splits", str(ds["splits"] or "—")],
@@ -417,12 +419,12 @@ def _dataset_blocks(
             [
                 m["model"],
                 m["family"],
-                _fmt(m["n_params"]),
-                _fmt(m["dim"]),
-                _fmt(m["atom_dim"]),
+                format_cell(m["n_params"]),
+                format_cell(m["dim"]),
+                format_cell(m["atom_dim"]),
                 f"{m['embedded']}/{ds['n_selected']}",
                 m["failures"],
-                _fmt(m["wall_s"], 1),
+                format_cell(m["wall_s"], 1),
                 "cached" if m["cached"] else "run",
                 m["status"],
             ]
@@ -524,10 +526,10 @@ def _dataset_blocks(
         rows = [
             [
                 m,
-                _fmt(ids[m]["twonn"], 2),
-                _fmt(ids[m]["mle"], 2),
-                _fmt(float(np.nanmedian(ids[m]["local_mle"])), 2),
-                _fmt(ids[m]["n_distinct"]),
+                format_cell(ids[m]["twonn"], 2),
+                format_cell(ids[m]["mle"], 2),
+                format_cell(float(np.nanmedian(ids[m]["local_mle"])), 2),
+                format_cell(ids[m]["n_distinct"]),
             ]
             for m in names
         ]
@@ -535,7 +537,10 @@ def _dataset_blocks(
     energy = results.get("energy") or {}
     if energy.get("models"):
         b.append(("h", 3 + shift, "Energy-regression error"))
-        rows = [[m, _fmt(energy["mae_ev"][m], 4), _fmt(energy["mae_mev_atom"][m], 2)] for m in energy["models"]]
+        rows = [
+            [m, format_cell(energy["mae_ev"][m], 4), format_cell(energy["mae_mev_atom"][m], 2)]
+            for m in energy["models"]
+        ]
         b.append(("table", ["model", "MAE (eV per structure)", "MAE (meV/atom)"], rows))
         b.append(("p", context["energy_note"]))
 
