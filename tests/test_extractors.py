@@ -372,3 +372,32 @@ def test_every_registered_model_has_metadata_and_list_long_shows_it():
     assert any(line.startswith("chgnet-r2scan") and "r2SCAN" in line and "invariant" in line for line in listing)
     rows = {r["id"]: r for r in json.loads(_cli("list", "--json").stdout)}
     assert rows["mace-mp-0-small"]["equivariance"] == "equivariant"
+
+
+def test_layer_in_the_model_id():
+    from extractors.faults import UsageError
+    from extractors.metadata import model_meta
+    from extractors.registry import split_layer
+
+    assert split_layer("7net-0@2_equivariant_gate") == ("7net-0", "2_equivariant_gate")
+    assert split_layer("7net-0") == ("7net-0", None)
+    for bad in ("7net-0@", "@layer"):
+        with pytest.raises(UsageError, match="MODEL@LAYER"):
+            split_layer(bad)
+    assert model_meta("7net-0@2_equivariant_gate", "sevennet") == model_meta("7net-0", "sevennet")
+
+
+def test_unreadable_decides_which_datasets_a_model_reads():
+    from ase.build import bulk, molecule
+
+    from extractors.datasets import Record
+    from extractors.metadata import unreadable
+
+    crystal, mol = Record("c", atoms=bulk("Cu")), Record("m", atoms=molecule("H2O"))
+    smiles_only, protein = Record("s", smiles="CCO"), Record("p", sequence="MKV")
+    assert unreadable("SMILES", crystal) == "periodic structure: no SMILES"
+    assert unreadable("SMILES", mol) is None and unreadable("SMILES", smiles_only) is None
+    assert unreadable("3D structure", smiles_only) == "no 3D structure" and unreadable("3D structure", crystal) is None
+    assert unreadable("protein sequence", protein) is None and unreadable("protein sequence", mol) is not None
+    assert unreadable("protein structure", protein) == "no protein backbone"
+    assert unreadable("none", protein) is None  # the random baseline reads anything

@@ -539,3 +539,16 @@ def test_energy_error_bars_sorted_and_coloured_by_group():
     assert "no value: m4" in fig._supxlabel.get_text()
     with pytest.raises(ValueError, match="no finite value"):
         en.energy_error_bars({"a": np.nan})
+
+
+def test_training_curves_one_line_per_series():
+    from jaxalign.plots.training import training_curves
+
+    fig = training_curves([0, 1, 2], {"CKA": [0.1, 0.5, 0.6], "CKNNA": [0.2, np.nan, 0.9]}, ylabel="alignment")
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["CKA", "CKNNA"]
+    assert ax.get_legend() is not None and ax.get_title() == "alignment"
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        training_curves([0, 1], {})
+    with pytest.raises(ValueError):
+        training_curves([0, 1], {"a": [1.0, 2.0, 3.0]})
