@@ -166,7 +166,7 @@ def _pad(a: jax.Array, rows: int, cols: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("distortion", "random_state", "shuffle", "scale"))
 def _pointwise_global(
-    x, y, train, test, alphas, *, distortion: bool, random_state: int, shuffle: bool, scale: str
+    x, y, train, test, alphas, *, distortion: bool, random_state: int, shuffle: bool, scale: str = "train"
 ) -> jax.Array:
     """Pointwise GFRE (``distortion=False``) or GFRD (``distortion=True``) of the test rows from one ridge fit.
 
@@ -330,7 +330,18 @@ def _lfre_tile(
 
 @functools.partial(jax.jit, static_argnames=("k", "random_state", "shuffle", "scale", "tile", "mesh"))
 def _pointwise_lfre(
-    x, y, train, test, alphas, *, k: int, random_state: int, shuffle: bool, scale: str, tile: int, mesh: Mesh | None
+    x,
+    y,
+    train,
+    test,
+    alphas,
+    *,
+    k: int,
+    random_state: int,
+    shuffle: bool,
+    tile: int,
+    mesh: Mesh | None,
+    scale: str = "train",
 ) -> jax.Array:
     x_train, x_test = _scaled_split(x, train, test, scale)
     y_train, y_test = _scaled_split(y, train, test, scale)
