@@ -322,7 +322,10 @@ def _analyse(
     debug = dict(cfg.get("debug") or {})
     acfg = dict(cfg["analysis"])
     s = d.summary
-    aligned = align_models(d.runs, s["n_selected"], min_coverage=float(acfg.get("min_coverage", 0.5)))
+    try:
+        aligned = align_models(d.runs, s["n_selected"], min_coverage=float(acfg.get("min_coverage", 0.5)))
+    except ValueError as err:
+        raise ValueError(f"dataset {d.name!r}: {err}") from None
     ctx = Context(aligned, acfg, cache_dir / "analysis", progress=progress, fail_after=debug.get("fail_after_items"))
     d.aligned, d.ctx = aligned, ctx
     with stage("matrices", d.name) as e:
