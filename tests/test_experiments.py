@@ -413,6 +413,10 @@ def test_distillation_raises_alignment_and_resumes_bit_exactly(shared: dict[str,
             "removed by dataset.filters",
         ),
         (["datasets=none"], "the run has no dataset"),
+        (
+            ["datasets.molecules.n=20", "datasets.crystals.n=20", "models.ids=[morgan,random]"],
+            "dataset 'crystals': fewer than two models left",
+        ),
     ],
 )
 def test_clear_errors(overrides: list[str], message: str, shared: dict[str, Path], tmp_path: Path) -> None:
