@@ -283,7 +283,7 @@ STUDY = [
 ]
 CROSS_FIGURES = {
     "fig1e_intrinsic_dimension_per_dataset",
-    "fig2a_joint_maps_pca",
+    "fig2a_joint_maps_pcovr",
     "fig2a_joint_maps_umap",
     "fig2c_in_vs_out_cknna",
     "fig2c_in_vs_out_dcor",
@@ -311,7 +311,8 @@ def test_two_dataset_study_with_each_paper_preset(preset: str, shared: dict[str,
     assert len(cross["checks"]) == 2 and all(c["passed"] in (True, False) for c in cross["checks"])
     with np.load(run_dir / "results" / "cross_dataset" / "maps.npz") as z:
         assert sorted(np.unique(z["dataset"]).tolist()) == [0, 1]
-        assert z["pca:chgnet-0.3.0"].shape == (z["dataset"].size, 2)
+        assert z["pcovr:chgnet-0.3.0"].shape == (z["dataset"].size, 2)
+        assert float(z["pcovr_alpha"]) == 0.5  # both datasets have energy targets (the consensus of two CHGNets)
     stems = {f["stem"] for f in read_json(run_dir / "figures" / "figures.json")}
     assert {f"cross_dataset/{s}" for s in CROSS_FIGURES} <= stems
     assert any(s.startswith("molecules/") for s in stems) and any(s.startswith("crystals/") for s in stems)

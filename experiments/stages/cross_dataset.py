@@ -3,9 +3,10 @@
 * **Joint maps** (Fig. 2A, C5): each model compared on every dataset, whose features have one width on all of
   them (SOAP's basis depends on the dataset's species, so its vectors of two datasets are not comparable), embeds a
   seeded subsample of every dataset's structures (``analysis.cross_dataset.map_rows`` per dataset; the paper used
-  15,000), preprocessed together (``analysis.preprocessing`` over the union), and is mapped to 2-D by PCA (PCovR
-  with α = 1) and, when ``umap-learn`` is installed, by UMAP as in the paper. The same rows carry each model's
-  per-structure energy error from its dataset's energy stage (Fig. 2D over two datasets).
+  15,000), preprocessed together (``analysis.preprocessing`` over the union), and is mapped to 2-D by PCovR
+  (α = ``analysis.maps.alpha``; target: each structure's composition-detrended energy per atom from its dataset's
+  energy stage; a PCA, α = 1, when a dataset has none) and, when ``umap-learn`` is installed, by UMAP as in the
+  paper. The same rows carry each model's per-structure energy error (Fig. 2D over two datasets).
 * **In vs out of distribution** (Fig. 2C): the datasets marked ``distribution: in`` and ``distribution: out`` (else
   the study's first two) and, for every pair of models compared on both, its CKNNA, dCor and information imbalance
   on each.
@@ -70,7 +71,18 @@ def _joint_maps(
     except ImportError:
         umap = None
     use_umap = umap is not None and setting not in (False, "false")
+    targets = [study[n].results["energy"].get("target") for n in names]
+    alpha, y = 1.0, None  # PCovR's energy target: every dataset's composition-detrended energy per atom, else a PCA
+    if all(tg is not None for tg in targets):
+        y = np.concatenate([np.asarray(tg, float)[rows[n]] / np.asarray(study[n].results["n_atoms"], float)[rows[n]]
+                            for tg, n in zip(targets, names, strict=True)])  # fmt: skip
+        if np.isfinite(y).all() and y.std() > 0:
+            alpha, y = float((cfg.get("maps") or {}).get("alpha", 0.5)), (y - y.mean()) / y.std()
+        else:
+            y = None
     params = {
+        "alpha": alpha,
+        "y": None if y is None else content_key("y", {"y": np.round(y, 8).tolist()}),
         "datasets": {n: study[n].ctx.key("cross", {}) for n in names},
         "models": list(models),
         "rows": {n: int(r.size) for n, r in rows.items()},
@@ -81,14 +93,17 @@ def _joint_maps(
     if path.exists():
         entry["cached"] += len(models)
         return read_npz(path)
-    out: dict[str, np.ndarray] = {"dataset": np.concatenate([np.full(rows[n].size, i) for i, n in enumerate(names)])}
+    out: dict[str, np.ndarray] = {
+        "dataset": np.concatenate([np.full(rows[n].size, i) for i, n in enumerate(names)]),
+        "pcovr_alpha": np.asarray(alpha),
+    }
     steps = cfg.get("preprocessing") or []
     for m in models:
         x = np.concatenate([study[n].aligned.embeddings[m].features[rows[n]] for n in names])
         x = preprocess(x, steps)
         xs = np.asarray(center_scale_total_variance(x), dtype=np.float32)
-        fit = pcovr(xs, np.zeros(len(xs), np.float32), alpha=1.0, n_components=2)
-        out[f"pca:{m}"] = np.asarray(fit.transform(xs), dtype=np.float32)
+        target = np.zeros(len(xs), np.float32) if y is None else y.astype(np.float32)
+        out[f"pcovr:{m}"] = np.asarray(pcovr(xs, target, alpha=alpha, n_components=2).transform(xs), np.float32)
         if use_umap:
             reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1), random_state=0, n_jobs=1)
             out[f"umap:{m}"] = np.asarray(reducer.fit_transform(x), dtype=np.float32)

@@ -647,9 +647,11 @@ def cross_plan(cross: Mapping[str, Any]) -> list[Figure]:
     maps = cross.get("maps") or {}
     if maps:
         labels = np.asarray(names)[np.asarray(maps["dataset"], int)]
-        models = [m for m in cross["map_models"] if f"pca:{m}" in maps]
+        models = [m for m in cross["map_models"] if f"pcovr:{m}" in maps]
+        alpha = float(maps["pcovr_alpha"])
+        linear = ("PCov", f"PCovR (α = {alpha:g}, target: energy per atom)") if alpha < 1 else ("PC", "PCA")
         out_rows = np.array([cross["distribution"][n] == "out" for n in labels])
-        for kind, axis, what in (("umap", "UMAP", "UMAP (15 neighbours)"), ("pca", "PC", "PCA")):
+        for kind, axis, what in (("umap", "UMAP", "UMAP (15 neighbours)"), ("pcovr", *linear)):
             coords = {m: maps[f"{kind}:{m}"] for m in models if f"{kind}:{m}" in maps}
             if not coords:
                 continue
@@ -671,7 +673,7 @@ def cross_plan(cross: Mapping[str, Any]) -> list[Figure]:
                 )
             )
         errors = {m: np.asarray(maps[f"energy_error:{m}"]) for m in models if f"energy_error:{m}" in maps}
-        kind = "umap" if any(f"umap:{m}" in maps for m in errors) else "pca"
+        kind = "umap" if any(f"umap:{m}" in maps for m in errors) else "pcovr"
         if errors:
             mae = {m: np.mean([cross["energy_mae"][n].get(m, np.nan) for n in names]) for m in errors}
             order = sorted(errors, key=lambda m: mae[m])
@@ -693,8 +695,8 @@ def cross_plan(cross: Mapping[str, Any]) -> list[Figure]:
                         log_color=True,
                         vmin=lo,
                         vmax=hi,
-                        xlabel=f"{'UMAP' if kind == 'umap' else 'PC'} 1",
-                        ylabel=f"{'UMAP' if kind == 'umap' else 'PC'} 2",
+                        xlabel=f"{'UMAP' if kind == 'umap' else linear[0]} 1",
+                        ylabel=f"{'UMAP' if kind == 'umap' else linear[0]} 2",
                     ),
                 )
             )
