@@ -256,18 +256,6 @@ def _areas(n_params: np.ndarray, *, low: float = 25.0, high: float = 260.0, miss
     return np.where(np.isfinite(logs), low + (high - low) * (logs - finite.min()) / span, missing)
 
 
-def _style_axes(ax: Any, xlabel: str, ylabel: str, title: str | None) -> None:
-    ax.set_xlabel(xlabel, fontsize=style.LABEL_SIZE)
-    ax.set_ylabel(ylabel, fontsize=style.LABEL_SIZE)
-    ax.tick_params(labelsize=style.TICK_SIZE)
-    ax.grid(True, color="0.92", lw=0.8)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=style.TITLE_SIZE)
-
-
 def _rho_text(a: np.ndarray, b: np.ndarray) -> str:
     rho = style.spearman(a, b)
     n = int((np.isfinite(a) & np.isfinite(b)).sum())
@@ -361,7 +349,7 @@ def alignment_vs_energy_error(
     ax.margins(0.08)
     xlabel = xlabel or (f"alignment with {reference_name}" if reference_name else "alignment")
     rho = _rho_text(x[pts], y[pts])
-    _style_axes(ax, xlabel, ylabel, f"{title or 'alignment vs energy error'}\n{rho}")
+    style.style_axes(ax, xlabel, ylabel, f"{title or 'alignment vs energy error'}\n{rho}")
     if handles:
         ax.legend(handles=handles, fontsize=style.LEGEND_SIZE, frameon=True, framealpha=0.9, edgecolor="none")
     _missing_note(fig, names, shown, "no energy error")
@@ -479,7 +467,7 @@ def metric_scatter(
             ax.set_ylim(lo - pad, hi + pad)
             ax.set_aspect("equal", adjustable="box")
     rho = _rho_text(x, y)
-    _style_axes(ax, xlabel, ylabel, f"{title}\n{rho}" if title else f"{ylabel} vs {xlabel}\n{rho}")
+    style.style_axes(ax, xlabel, ylabel, f"{title}\n{rho}" if title else f"{ylabel} vs {xlabel}\n{rho}")
     if handles is True:
         ax.legend(fontsize=style.LEGEND_SIZE, frameon=True, framealpha=0.9, edgecolor="none")
     elif handles:
@@ -591,7 +579,7 @@ def information_imbalance_plane(
     ax.set_xlim(0, hi)
     ax.set_ylim(0, hi)
     ax.set_aspect("equal")
-    _style_axes(
+    style.style_axes(
         ax, "Δ(A → B)   (low: A predicts B)", "Δ(B → A)   (low: B predicts A)", title or "information imbalance"
     )
     handles = None

@@ -419,6 +419,19 @@ def draw_heatmap(
     return image
 
 
+def style_axes(ax: Any, xlabel: str, ylabel: str, title: str | None) -> None:
+    """The line and scatter plots' axes: labelled axes, a light grid behind the data, no top/right spines."""
+    ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
+    ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
+    ax.tick_params(labelsize=TICK_SIZE)
+    ax.grid(True, color="0.92", lw=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=TITLE_SIZE)
+
+
 def heatmap_figsize(n_rows: int, n_cols: int, *, label_chars: int, cell: float | None = None) -> tuple[float, float]:
     """Figure size for an ``n_rows × n_cols`` heatmap whose labels have up to ``label_chars`` characters."""
     n_max = max(n_rows, n_cols)

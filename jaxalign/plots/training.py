@@ -52,14 +52,7 @@ def training_curves(
         ax.plot(x, y, marker="o", markersize=3.5, lw=1.4, color=f"C{i % 10}", label=str(label))
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel, fontsize=style.LABEL_SIZE)
-    ax.set_ylabel(ylabel, fontsize=style.LABEL_SIZE)
-    ax.tick_params(labelsize=style.TICK_SIZE)
-    ax.grid(True, color="0.92", lw=0.8)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    style.style_axes(ax, xlabel, ylabel, title or ylabel)
     if len(series) > 1:
         ax.legend(fontsize=style.LEGEND_SIZE, frameon=False)
-    ax.set_title(title or ylabel, fontsize=style.TITLE_SIZE)
     return fig
