@@ -1,6 +1,6 @@
 """The main job: ``python experiments/run.py`` (every offline model on the embedded default study: its molecules
 and its crystals as two datasets) or ``python experiments/run.py +dataset=omat24 dataset.path=DIR`` (one dataset of
-real data).
+real data). ``+experiment=finetune`` runs seed 003's fine-tuning study instead (:mod:`experiments.finetune`).
 
 Hydra composes ``conf/config.yaml``: the study's datasets (``datasets``: name → dataset config, default
 ``conf/datasets/default.yaml``; ``+dataset=<name>`` adds a single ``dataset`` that replaces them), a model set
@@ -58,7 +58,12 @@ def run_app(cfg: Mapping[str, Any], run_dir: Path, *, command: str = "") -> int:
     from experiments.pipeline import run_pipeline
 
     try:
-        run_pipeline(cfg, run_dir, command=command)
+        if cfg.get("finetune") is not None:  # +experiment=finetune
+            from experiments.finetune import run_finetune
+
+            run_finetune(cfg, run_dir, command=command)
+        else:
+            run_pipeline(cfg, run_dir, command=command)
     except Exception as err:
         line = error_line(err)
         if line is None:

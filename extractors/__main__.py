@@ -1,8 +1,11 @@
-"""Command line: ``python -m extractors list`` and ``python -m extractors run``.
+"""Command line: ``python -m extractors list``, ``run``, ``label`` and ``finetune``.
+
+``label`` writes structures with a potential's energies and forces; ``finetune`` trains one of seed 003's
+strategies from a JSON spec (:mod:`extractors.finetune`).
 
 Exit codes: 0 done, 2 a problem the user fixes (one ``error: ...`` line on stderr naming the file, frame, directory
-or option and the fix: see :mod:`extractors.faults`), 3 stopped by ``--max-chunks`` (run again to resume), 1 a
-crash (a traceback).
+or option and the fix: see :mod:`extractors.faults`), 3 stopped by ``--max-chunks`` or ``--max-epochs`` (run again
+to resume), 1 a crash (a traceback).
 """
 
 from __future__ import annotations
@@ -65,6 +68,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-chunks", type=int, help="stop after writing this many chunks (resume later)")
     run.add_argument("--threads", type=int, help="torch intra-op threads")
     run.add_argument("--no-progress", action="store_true")
+    lab = sub.add_parser("label", help="write structures with a potential's energies and forces (extended XYZ)")
+    lab.add_argument("--model", required=True, help="a model with an ASE calculator (7net-0, chgnet-0.3.0, ...)")
+    lab.add_argument("--data", required=True, type=Path, help="structures (any file ASE reads)")
+    lab.add_argument("--out", required=True, type=Path, help="labelled extended XYZ file")
+    lab.add_argument("--python", help="run under this interpreter")
+    lab.add_argument("--threads", type=int, help="torch intra-op threads")
+    ft = sub.add_parser("finetune", help="train one fine-tuning strategy of seed 003 (extractors.finetune)")
+    ft.add_argument("--spec", required=True, type=Path, help="JSON file of extractors.finetune.FinetuneSpec")
+    ft.add_argument("--out", required=True, type=Path, help="checkpoint directory (a rerun resumes)")
+    ft.add_argument("--python", help="run under this interpreter")
+    ft.add_argument("--threads", type=int, help="torch intra-op threads")
+    ft.add_argument("--max-epochs", type=int, help="stop after this many epochs (exit 3; run again to resume)")
+    ft.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -130,12 +146,29 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         if not os.access(args.python, os.X_OK):
             raise UsageError(f"--python {args.python} is not an executable interpreter.")
         return _reexec(args.python, argv)
-    options = _parse_opts(args.opt)
-    dataset_options = _parse_opts(args.dataset_opt)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.command == "label":
+        from extractors.finetune import label
+
+        print(label(args.model, args.data, args.out))
+        return 0
+    if args.command == "finetune":
+        from extractors.finetune import FinetuneSpec, finetune
+
+        try:
+            spec = FinetuneSpec.from_mapping(json.loads(args.spec.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise UsageError(f"--spec {args.spec}: {err}") from None
+        if not finetune(spec, args.out, progress=not args.no_progress, max_epochs=args.max_epochs)["done"]:
+            print(f"[extractors] stopped after --max-epochs {args.max_epochs}; run again to resume", file=sys.stderr)
+            return _EXIT_STOPPED
+        print(args.out)
+        return 0
+    options = _parse_opts(args.opt)
+    dataset_options = _parse_opts(args.dataset_opt)
     from extractors.runner import ExtractionStopped, run_extraction
 
     try:

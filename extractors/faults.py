@@ -40,6 +40,7 @@ __all__ = [
     "PARENT_ENV",
     "CacheBusy",
     "UsageError",
+    "atomic_target",
     "check_device",
     "child_env",
     "die_with_parent",
@@ -99,6 +100,21 @@ def ensure_writable(directory: str | Path, fix: str) -> Path:
             raise
         raise mapped from None
     return directory
+
+
+@contextlib.contextmanager
+def atomic_target(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to ``path`` to write into; on a clean exit it is renamed onto ``path`` (``os.replace``,
+    atomic on POSIX), on an error removed, so ``path`` holds the old file or the whole new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 # --------------------------------------------------------------------------------------------------- device

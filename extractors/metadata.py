@@ -232,7 +232,8 @@ def model_meta(model: str, family: str, overrides: Mapping[str, Any] | None = No
     """The metadata of registered ``model`` of ``family``, with a run's ``overrides`` on top."""
     if family not in FAMILY_META:
         raise ValueError(f"no metadata for family {family!r} (model {model!r}); add it to extractors.metadata.")
-    base = model.partition("@")[0]  # a layer of a model (``7net-0@2_equivariant_gate``) shares its metadata
+    base = model.partition("@")[0].partition("~")[0]  # a layer (``7net-0@2_equivariant_gate``) or checkpoint
+    # (``chgnet-0.3.0~ff-e0010``) of a model shares its metadata
     return merged(merged(FAMILY_META[family], MODEL_META.get(base)), overrides)
 
 

@@ -9,6 +9,7 @@ writing its module in ``extractors/models/``: :data:`FAMILIES` discovers it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import importlib.metadata
 import pkgutil
@@ -16,10 +17,10 @@ import sys
 from typing import Any
 
 from extractors import models
-from extractors.base import Extractor, ModelSpec
+from extractors.base import WEIGHTS_PATH, Extractor, ModelSpec
 from extractors.faults import UsageError, check_device
 
-__all__ = ["FAMILIES", "available", "build_extractor", "get_spec", "specs", "split_layer"]
+__all__ = ["FAMILIES", "available", "base_id", "build_extractor", "get_spec", "specs", "split_layer"]
 
 #: Family modules listed first, in this order; any other module in extractors/models/ follows alphabetically.
 _FIRST = ("chgnet", "sevennet", "minilm", "soap", "morgan", "baseline")
@@ -58,14 +59,29 @@ def split_layer(model_id: str) -> tuple[str, str | None]:
     return base, (layer if sep else None)
 
 
+def base_id(model_id: str) -> str:
+    """The registered model behind a run's id: ``"chgnet-0.3.0~ff-e0010@head"`` → ``"chgnet-0.3.0"`` (a layer
+    after ``@``, a checkpoint after ``~``)."""
+    return split_layer(model_id)[0].partition("~")[0]
+
+
 def get_spec(model: str) -> ModelSpec:
-    """The spec of ``model``; ValueError listing the known ids otherwise."""
+    """The spec of ``model``; ValueError listing the known ids otherwise.
+
+    ``MODEL~TAG`` is ``MODEL``'s architecture with other weights — a checkpoint, e.g. ``chgnet-0.3.0~ff-e0010``
+    (full fine-tuning, epoch 10; :mod:`extractors.finetune`). ``TAG`` only names them; the file comes in the
+    model's ``weights`` option, so the spec's status is ``needs weights path``."""
     table = specs()
-    if model not in table:
+    base, sep, tag = model.partition("~")
+    if base not in table or (sep and not tag):
         raise UsageError(
-            f"unknown model {model!r}; known models: {', '.join(table)} (see `python -m extractors list`)."
+            f"unknown model {model!r}; known models: {', '.join(table)} (see `python -m extractors list`; other "
+            "weights of a model are MODEL~TAG with the weights option)."
         )
-    return table[model]
+    if not sep:
+        return table[model]
+    spec = table[base]
+    return dataclasses.replace(spec, id=model, status=WEIGHTS_PATH, description=f"{spec.description}, weights {tag}")
 
 
 def available(spec: ModelSpec) -> list[str]:

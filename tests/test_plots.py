@@ -420,6 +420,25 @@ def test_map_grid(zoo):
     assert len(shared.axes) == 6  # one row of five + colour bar
 
 
+def test_map_grid_background_is_drawn_beneath_each_panel():
+    """seed 003 Fig. S8: each panel's own grey background (the structures the projection was fitted on)."""
+    rng = np.random.default_rng(10)
+    coords = {"a": rng.standard_normal((30, 2)), "b": rng.standard_normal((30, 2))}
+    behind = {"a": 5 + rng.standard_normal((80, 2)), "b": -5 + rng.standard_normal((60, 2))}
+    fig = maps.map_grid(coords, color=np.arange(30.0), background=behind, background_label="fit set")
+    for ax, name in zip(fig.axes[:2], ("a", "b"), strict=True):
+        grey, points = ax.collections[0], ax.collections[-1]
+        np.testing.assert_array_equal(grey.get_offsets(), behind[name])  # drawn first: beneath
+        assert grey.get_zorder() < points.get_zorder() and len(points.get_offsets()) == 30
+        lo, hi = ax.get_xlim()
+        assert lo <= behind[name][:, 0].min() and hi >= behind[name][:, 0].max()  # the view holds the background
+    assert [t.get_text() for leg in fig.legends for t in leg.get_texts()] == ["fit set"]
+    with pytest.raises(ValueError, match="`background` names models that have no panel"):
+        maps.map_grid(coords, background={"c": np.zeros((3, 2))})
+    with pytest.raises(ValueError, match=r"background\['a'\]"):
+        maps.map_grid(coords, background={"a": np.zeros(3)})
+
+
 def test_map_grid_bad_inputs():
     coords = {"a": np.zeros((4, 2)), "b": np.zeros((6, 2))}
     with pytest.raises(ValueError, match="`coords` must be a non-empty mapping"):

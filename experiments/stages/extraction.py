@@ -33,9 +33,9 @@ from experiments.extract import ALL_FAILED
 from experiments.stages.dataset import DatasetStage
 from experiments.watchdog import beat, child, terminate_children
 from extractors.faults import child_env, ensure_writable, exclusive_lock
-from extractors.registry import split_layer
+from extractors.registry import base_id, split_layer
 
-__all__ = ["ExtractionError", "ModelRun", "check_models", "extract_models"]
+__all__ = ["ExtractionError", "ModelRun", "check_models", "extract_models", "run_child"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,7 @@ def check_models(ids: Sequence[str], pythons: Mapping[str, str]) -> dict[str, An
     Unknown ids, duplicates and models whose packages are missing here (and that have no interpreter in
     ``models.python``) are errors naming the fix.
     """
-    from extractors.registry import available, specs
+    from extractors.registry import available, get_spec, specs
 
     table = specs()
     if not ids:
@@ -74,20 +74,20 @@ def check_models(ids: Sequence[str], pythons: Mapping[str, str]) -> dict[str, An
     if dup:
         raise ExtractionError(f"models.ids lists {dup} more than once.")
     base = {m: split_layer(m)[0] for m in ids}
-    unknown = [m for m in ids if base[m] not in table]
+    unknown = [m for m in ids if base_id(m) not in table]
     if unknown:
         raise ExtractionError(
             f"unknown model id(s) {unknown}; known: {', '.join(table)} (see `python -m extractors list`; a layer "
             "is written MODEL@LAYER)."
         )
     for m in ids:
-        missing = available(table[base[m]])
+        missing = available(table[base_id(m)])
         if missing and m not in pythons and base[m] not in pythons:
             raise ExtractionError(
                 f"model {m!r} needs {missing}, missing from this interpreter; install them or give an interpreter "
                 f"that has them: models.python.{m}=/path/to/env/bin/python."
             )
-    return {m: table[base[m]] for m in ids}
+    return {m: get_spec(base[m]) for m in ids}
 
 
 def _key(spec: Any, dataset: DatasetStage, layer: str, options: Mapping[str, Any], extraction: Mapping) -> str:
@@ -185,6 +185,30 @@ def _child_error(spec: Any, dataset: DatasetStage, returncode: int, lines: Seque
     return ExtractionError(head + ":\n" + "\n".join(lines))
 
 
+def run_child(cmd: Sequence[str], *, progress: bool) -> tuple[int, str, list[str]]:
+    """Run a torch-side command (``python -m extractors ...``) in its own process group with this repository
+    importable: its stderr streams to ours when ``progress`` (its ``error:`` lines held back for the app to report),
+    the watchdog counts its CPU time, and an interrupt ends it. Returns (exit code, stdout, its last stderr lines)."""
+    env = child_env()  # the child dies with this process
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.Popen(
+        list(cmd), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    tail: collections.deque = collections.deque(maxlen=25)
+    sink = getattr(sys.stderr, "buffer", None) if progress else None
+    with child(proc.pid):  # the watchdog counts its CPU time and kills it if the stage stalls
+        try:
+            pump = threading.Thread(target=_pump, args=(proc.stderr, sink, tail), daemon=True)
+            pump.start()
+            stdout = proc.stdout.read()
+            proc.wait()
+            pump.join()
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): the child is in its own group, end it here
+            terminate_children([proc.pid])
+            raise
+    return proc.returncode, stdout.decode(errors="replace"), [line.decode(errors="replace") for line in tail]
+
+
 def _run_one(
     spec: Any,
     dataset: DatasetStage,
@@ -227,28 +251,12 @@ def _run_one(
         cmd += ["--threads", str(int(extraction["threads"]))]
     if not progress:
         cmd.append("--no-progress")
-    env = child_env()  # the child dies with this process
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-    )
-    tail: collections.deque = collections.deque(maxlen=25)
-    sink = getattr(sys.stderr, "buffer", None) if progress else None
-    with child(proc.pid):  # the watchdog counts its CPU time and kills it if the stage stalls
-        try:
-            pump = threading.Thread(target=_pump, args=(proc.stderr, sink, tail), daemon=True)
-            pump.start()
-            stdout = proc.stdout.read()
-            proc.wait()
-            pump.join()
-        except BaseException:  # interrupted (Ctrl-C, SIGTERM): the child is in its own group, end it here
-            terminate_children([proc.pid])
-            raise
+    code, stdout, tail = run_child(cmd, progress=progress)
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise _child_error(spec, dataset, proc.returncode, [line.decode(errors="replace") for line in tail])
-    path = Path(stdout.decode().strip().splitlines()[-1])
+    if code != 0:
+        raise _child_error(spec, dataset, code, tail)
+    path = Path(stdout.strip().splitlines()[-1])
     sidecar_path = path.with_suffix(".json")
     info = read_json(sidecar_path) if sidecar_path.exists() else {}
     info["wall_s"] = round(wall, 3)

@@ -33,7 +33,7 @@ def _atom_rows(ctx: Context, models: Sequence[str], max_atoms: int | None, seed:
     return seeded_rows(int(counts[0].sum()), max_atoms, seed)
 
 
-def _split(
+def environment_split(
     n: int, max_test: int | None, *, test_size: int | None = None, labels: np.ndarray | None = None, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, test, LFRE test) rows. Default: scikit-matter's 50/50 split, LFRE on its first ``max_test`` test rows.
@@ -113,8 +113,8 @@ def reconstruction(ctx: Context, entry: dict[str, Any]) -> dict[str, Any]:
     strata = _strata(ctx, split_cfg.get("strata", "id_prefix"))
     atom_labels = None if strata is None else np.repeat(strata, embs[models[0]].n_atoms)[rows]
     splits = {
-        "atom": _split(len(rows), max_test, test_size=test_size, labels=atom_labels, seed=seed),
-        "cumulant": _split(ctx.n, max_test, test_size=test_size, labels=strata, seed=seed),
+        "atom": environment_split(len(rows), max_test, test_size=test_size, labels=atom_labels, seed=seed),
+        "cumulant": environment_split(ctx.n, max_test, test_size=test_size, labels=strata, seed=seed),
     }
     n_train = splits["cumulant"][0].size
     components = rc.get("cumulant_components", "auto")

@@ -1,8 +1,17 @@
 """CHGNet (Deng et al., Nat. Mach. Intell. 5, 1031 (2023)); weights 0.3.0, 0.2.0 and r2scan ship in the wheel.
 
-Last-layer per-atom features are the *input of* ``model.mlp`` (a forward pre-hook), 64-d: the atom features after
-the last atom-conv layer (and readout norm) that the readout MLP turns into site energies. ``return_atom_feas=True``
-is a different, earlier layer and ``crystal_fea`` is a sum, so neither is used. The energy is the model's own
+Layers (per atom, 64-d, read with forward pre-hooks):
+
+- ``last`` (default): the *input of* ``model.mlp``: the atom features after the last atom-conv layer (and readout
+  norm) that the readout MLP turns into site energies — seed 003's "backbone" features. ``return_atom_feas=True``
+  is a different, earlier layer and ``crystal_fea`` is a sum, so neither is used.
+- ``head``: the input of the readout MLP's final linear layer — seed 003's "last-layer" features, the ones its
+  fine-tuning study (Figs. 5, 6, S8) compares; a head-only fine-tuning moves these and not ``last``. Needs a model
+  that applies its MLP per atom (``mlp_first``, as 0.3.0 does).
+
+``weights=PATH`` loads a CHGNet file (``CHGNet.from_file``, e.g. a checkpoint of :mod:`extractors.finetune`) instead
+of the packaged weights; the model id then names the checkpoint (``chgnet-0.3.0~ff-e0010``, see
+:func:`extractors.registry.get_spec`). The energy is the model's own
 prediction (eV/atom × n_atoms, as ``CHGNetCalculator`` reports it). Molecules get a cell: ``center(vacuum=10)``
 and ``pbc=True``.
 
@@ -15,12 +24,13 @@ atoms), which the runner records in the file's ``meta['failures']``, and the res
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec, per_structure, spec_table
 from extractors.datasets import Record
 
-__all__ = ["SPECS", "CHGNetExtractor", "boxed", "build"]
+__all__ = ["LAYERS", "SPECS", "CHGNetExtractor", "boxed", "build", "calculator"]
 
 _PACKAGES = ("chgnet", "torch", "pymatgen", "ase")
 SPECS = spec_table(
@@ -34,6 +44,8 @@ SPECS = spec_table(
     status=OFFLINE_READY,
     packages=_PACKAGES,
 )
+#: layer name → what it reads (module docstring).
+LAYERS = {"last": "input of model.mlp (backbone)", "head": "input of model.mlp's final linear layer (last layer)"}
 
 
 def boxed(atoms: Any, vacuum: float = 10.0) -> Any:
@@ -52,13 +64,29 @@ class CHGNetExtractor(Extractor):
     has_energy = True
     pooling = "mean"
 
-    def __init__(self, spec: ModelSpec, *, layer: str = "last", device: str = "cpu", vacuum: float = 10.0) -> None:
-        if layer != "last":
-            raise ValueError(f"CHGNet offers layer='last' (input of model.mlp), got {layer!r}.")
-        super().__init__(spec, layer=layer, device=device, vacuum=vacuum)
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        layer: str = "last",
+        device: str = "cpu",
+        vacuum: float = 10.0,
+        weights: str | None = None,
+    ) -> None:
+        if layer not in LAYERS:
+            raise ValueError(f"CHGNet's layers are {LAYERS}, got layer={layer!r}.")
+        super().__init__(spec, layer=layer, device=device, vacuum=vacuum, weights=weights)
         from chgnet.model import CHGNet
 
-        self.model = CHGNet.load(model_name=spec.config["model_name"], use_device=device, verbose=False)
+        if weights is None:
+            self.model = CHGNet.load(model_name=spec.config["model_name"], use_device=device, verbose=False)
+        else:
+            if not Path(weights).is_file():
+                raise FileNotFoundError(f"CHGNet weights file {weights} does not exist")
+            self.model = CHGNet.from_file(weights).to(device)
+        if layer == "head" and not self.model.mlp_first:
+            raise ValueError(f"{spec.id}: layer='head' needs a per-atom readout (mlp_first); this model pools first.")
+        self.hooked = self.model.mlp if layer == "last" else self.model.mlp.layers[-1]
         self.model.eval()
         self.model.graph_converter.set_isolated_atom_response("error")
         self.vacuum = float(vacuum)
@@ -98,7 +126,7 @@ class CHGNetExtractor(Extractor):
         if not good:
             return graphs
         captured: list[torch.Tensor] = []
-        handle = self.model.mlp.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+        handle = self.hooked.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
         try:
             with torch.no_grad():
                 pred = self.model(good, task="e")
@@ -111,8 +139,13 @@ class CHGNetExtractor(Extractor):
         return [g if isinstance(g, str) else next(done) for g in graphs]
 
     def info(self) -> dict[str, Any]:
+        detail = {
+            "last": "forward pre-hook on model.mlp (atom features after the last atom conv), 64-d",
+            "head": "forward pre-hook on model.mlp.layers[-1] (last hidden layer of the readout MLP), 64-d",
+        }
         return {
-            "layer_detail": "forward pre-hook on model.mlp (atom features after the last atom conv), 64-d",
+            "layer_detail": detail[self.layer],
+            "weights": self.options.get("weights") or f"packaged {self.spec.config['model_name']}",
             "molecules": f"boxed: center(vacuum={self.vacuum}), pbc=True",
             "energy_unit": "eV (total)",
         }
@@ -120,3 +153,11 @@ class CHGNetExtractor(Extractor):
 
 def build(spec: ModelSpec, **options: Any) -> CHGNetExtractor:
     return CHGNetExtractor(spec, **options)
+
+
+def calculator(spec: ModelSpec, device: str = "cpu") -> Any:
+    """CHGNet's own ASE calculator for ``spec`` (energies and forces)."""
+    from chgnet.model import CHGNet, CHGNetCalculator
+
+    model = CHGNet.load(model_name=spec.config["model_name"], use_device=device, verbose=False)
+    return CHGNetCalculator(model=model, use_device=device)

@@ -20,7 +20,7 @@ from typing import Any
 from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec, per_structure, spec_table
 from extractors.datasets import Record
 
-__all__ = ["SPECS", "SevenNetExtractor", "build", "load_model"]
+__all__ = ["SPECS", "SevenNetExtractor", "build", "calculator", "load_model"]
 
 _PACKAGES = ("sevenn", "torch", "e3nn", "torch-geometric", "ase")
 _ROWS = (
@@ -129,3 +129,10 @@ def _scalar_columns(irreps: str) -> list[int]:
 
 def build(spec: ModelSpec, **options: Any) -> SevenNetExtractor:
     return SevenNetExtractor(spec, **options)
+
+
+def calculator(spec: ModelSpec, device: str = "cpu") -> Any:
+    """SevenNet's own ASE calculator for ``spec`` (energies and forces; used to label fine-tuning data)."""
+    from sevenn.calculator import SevenNetCalculator
+
+    return SevenNetCalculator(model=spec.config["checkpoint"], modal=spec.config.get("modal"), device=device)

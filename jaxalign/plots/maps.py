@@ -229,6 +229,8 @@ def map_grid(
     ylabel: str = "component 2",
     groups: Any = None,
     group_label: str = "group",
+    background: Mapping[str, Any] | None = None,
+    background_label: str = "background",
 ) -> Any:
     """Several models' structure maps in one figure (seed 000 Fig. 2A, C5, 2D), one panel per model.
 
@@ -243,6 +245,9 @@ def map_grid(
       color, color_label, ood_mask, cmap, log_color, vmin, vmax, xlabel, ylabel: as in :func:`structure_map`.
       groups: one label per structure (shared by every panel, so every panel has the same N); not with ``color``.
       group_label: the legend title for ``groups``.
+      background: model name → (N_bg, 2) points drawn in light grey beneath that panel's points, e.g. the structures
+        a projection was fitted on, with the mapped ones projected into it (seed 003 Fig. S8).
+      background_label: the legend entry of the grey points.
       ncols: panels per row (default: up to 4, near-square grid).
       title: figure title.
 
@@ -259,6 +264,10 @@ def map_grid(
     )
     masks = _per_model(ood_mask, names, n_of, "ood_mask", lambda v, m: _mask(v, n_of[m], f"ood_mask[{m!r}]"))
     point_colors, group_handles = _group_colors(groups, n_of, color)
+    unknown = sorted(set(background or {}) - set(names))
+    if unknown:
+        raise ValueError(f"`background` names models that have no panel: {unknown}; use keys of `coords`.")
+    behind = {m: _coords(v, f"background[{m!r}]") for m, v in (background or {}).items()}
     coloured = [c for c in colors.values() if c is not None]
     cmap_, norm = _norm(coloured, vmin=vmin, vmax=vmax, cmap=cmap, log_color=log_color) if coloured else (None, None)
 
@@ -275,6 +284,9 @@ def map_grid(
     for ax, name in zip(axes.flat, names, strict=False):
         xy = xys[name]
         size = _point_size(len(xy)) * 0.7
+        if name in behind:
+            grey = behind[name]
+            ax.scatter(grey[:, 0], grey[:, 1], s=_point_size(len(grey)) * 0.6, color="0.82", linewidths=0, zorder=0)
         artist = _draw_map(
             ax, xy, colors[name], masks[name], cmap=cmap_, norm=norm, size=size, point_colors=point_colors
         )
@@ -311,6 +323,11 @@ def map_grid(
             else "out of distribution",
         )
         fig.legend(handles=[handle], loc="outside lower center", fontsize=style.LEGEND_SIZE, frameon=False)
+    if behind:
+        from matplotlib.lines import Line2D
+
+        grey_handle = Line2D([], [], ls="", marker="o", markersize=5, color="0.82", label=background_label)
+        fig.legend(handles=[grey_handle], loc="outside lower center", fontsize=style.LEGEND_SIZE, frameon=False)
     if group_handles:
         fig.legend(
             handles=group_handles,

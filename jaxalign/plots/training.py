@@ -52,6 +52,10 @@ def training_curves(
         ax.plot(x, y, marker="o", markersize=3.5, lw=1.4, color=f"C{i % 10}", label=str(label))
     if logy:
         ax.set_yscale("log")
+    if np.all(x == np.round(x)):  # epochs: whole-number ticks
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     style.style_axes(ax, xlabel, ylabel, title or ylabel)
     if len(series) > 1:
         ax.legend(fontsize=style.LEGEND_SIZE, frameon=False)
