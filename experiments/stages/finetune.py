@@ -65,10 +65,10 @@ class FinetuneConfig:
     source: str | None = None
     structures: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     test_fraction: float = 0.2
-    epochs: int = 20
-    keep: tuple[int, ...] = (0, 1, 2, 4, 8, 12, 16)
+    epochs: int = 30
+    keep: tuple[int, ...] = (0, 1, 2, 4, 8, 12, 16, 20, 25)
     learning_rate: float = 1e-3
-    batch_size: int = 16
+    batch_size: int = 8
     energy_weight: float = 1.0
     force_weight: float = 1.0
     seed: int = 0
@@ -114,11 +114,13 @@ def fine_tuning_structures(
     strain: float = 0.03,
     seed: int = 0,
     n: int | None = None,
+    elements: Sequence[str] | None = None,
 ) -> list[Any]:
     """Rattled and strained supercells of the periodic structures of ASE's ``collections``: each structure repeated
     to at least ``min_atoms`` atoms, then ``copies`` copies, each with a random symmetric strain (components uniform
     in ±``strain``) and Gaussian displacements (σ = ``rattle`` Å); ``info["id"]`` = ``collection/name/c<copy>``.
-    ``n``: a seeded draw of that many of them (in their order), None for all."""
+    ``elements``: keep only the structures made of these elements (a narrow chemistry, as a material-specific
+    fine-tuning set is; None: all). ``n``: a seeded draw of that many of them (in their order), None for all."""
     import ase.collections
 
     if copies < 1 or min_atoms < 1 or rattle < 0 or strain < 0:
@@ -130,7 +132,7 @@ def fine_tuning_structures(
         if coll is None:
             raise ValueError(f"finetune.structures.collections: ASE has no collection {name!r} (e.g. dcdft).")
         for label, atoms in zip(coll.names, coll, strict=True):
-            if not atoms.pbc.all():
+            if not atoms.pbc.all() or (elements is not None and not set(atoms.symbols) <= set(elements)):
                 continue
             reps = 1
             while len(atoms) * reps**3 < min_atoms:
@@ -144,7 +146,10 @@ def fine_tuning_structures(
                 a.info = {"id": f"{name}/{label}/c{c}"}
                 out.append(a)
     if not out:
-        raise ValueError(f"finetune.structures.collections={list(collections)} holds no periodic structure.")
+        raise ValueError(
+            f"finetune.structures: collections {list(collections)} hold no periodic structure made of elements "
+            f"{elements}; widen them."
+        )
     if n is not None:
         if not 4 <= int(n) <= len(out):
             raise ValueError(f"finetune.structures.n={n}: choose 4 … {len(out)} (or null for all).")
