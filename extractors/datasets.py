@@ -42,11 +42,13 @@ import numpy as np
 from extractors.faults import UsageError
 
 __all__ = [
+    "BACKBONE_ATOMS",
     "HARTREE_TO_EV",
     "BadFrame",
     "BadFrameError",
     "DatasetRead",
     "Record",
+    "backbone",
     "checked_frames",
     "filter_records",
     "load_dataset",
@@ -72,9 +74,10 @@ class Record:
 
     ``atoms`` is an ``ase.Atoms`` (None for SMILES-only and protein records), ``smiles`` the SMILES when the data
     gives one, ``sequence`` the one-letter protein sequence, ``ca_coords`` the (L, 3) Cα coordinates,
-    ``backbone_coords`` the (L, 3, 3) N, CA, C coordinates (NaN for a missing atom; inverse-folding models read
-    them), ``energy`` the reference energy in eV when the data has it, ``split`` ``"id"``/``"ood"`` for the
-    default dataset.
+    ``backbone_coords`` the (L, 4, 3) N, CA, C, O coordinates (NaN for a missing atom; inverse-folding models read
+    them through :func:`backbone`), ``residue_numbers`` the (L,) residue sequence numbers of the file (gaps in
+    them are missing residues), ``energy`` the reference energy in eV when the data has it, ``split``
+    ``"id"``/``"ood"`` for the default dataset.
     """
 
     id: str
@@ -83,6 +86,7 @@ class Record:
     sequence: str | None = None
     ca_coords: np.ndarray | None = None
     backbone_coords: np.ndarray | None = None
+    residue_numbers: np.ndarray | None = None
     energy: float | None = None
     split: str | None = None
 
@@ -94,6 +98,8 @@ class Record:
 # --------------------------------------------------------------------------------------------------- default set
 #: the ASE collections of the embedded default dataset, in reading order.
 COLLECTIONS = ("g2", "s22", "dcdft")
+#: The backbone atoms a protein record stores per residue, in order (``Record.backbone_coords``).
+BACKBONE_ATOMS = ("N", "CA", "C", "O")
 
 
 def _ase_collections() -> list[tuple[str, Any]]:
@@ -434,7 +440,7 @@ def _protein_records(structure: Any, stem: str) -> list[Record]:
     out = []
     model = next(iter(structure))  # first model (NMR files hold several)
     for chain in model:
-        seq, ca, backbone = [], [], []
+        seq, ca, backbone, numbers = [], [], [], []
         for res in chain:
             if res.id[0] != " " and not is_aa(res, standard=False):  # waters, ligands
                 continue
@@ -442,7 +448,8 @@ def _protein_records(structure: Any, stem: str) -> list[Record]:
                 continue
             seq.append(protein_letters_3to1_extended.get(res.get_resname().upper(), "X"))
             ca.append(res["CA"].coord)
-            backbone.append([res[a].coord if a in res else np.full(3, np.nan) for a in ("N", "CA", "C")])
+            backbone.append([res[a].coord if a in res else np.full(3, np.nan) for a in BACKBONE_ATOMS])
+            numbers.append(res.id[1])
         if seq:
             out.append(
                 Record(
@@ -450,9 +457,22 @@ def _protein_records(structure: Any, stem: str) -> list[Record]:
                     sequence="".join(seq),
                     ca_coords=np.asarray(ca, float),
                     backbone_coords=np.asarray(backbone, float),
+                    residue_numbers=np.asarray(numbers, np.int64),
                 )
             )
     return out
+
+
+def backbone(record: Record, atoms: int = 3) -> np.ndarray | None:
+    """The record's first ``atoms`` backbone atoms per residue as float32 (L, atoms, 3) — 3: N, CA, C (ESM-IF1,
+    ESM3); 4: N, CA, C, O (ProteinMPNN) — or None when the record has no backbone or fewer atoms per residue."""
+    coords = getattr(record, "backbone_coords", None)
+    if coords is None:
+        return None
+    coords = np.asarray(coords, dtype=np.float32)
+    if coords.ndim != 3 or coords.shape[2] != 3 or coords.shape[1] < atoms:
+        return None
+    return coords[:, :atoms]
 
 
 def read_pdb(path: str | Path) -> list[Record]:

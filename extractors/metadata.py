@@ -129,6 +129,15 @@ FAMILY_META: dict[str, ModelMeta] = {
         False,
         "Heinzinger et al., NAR Genom. Bioinform. 6, lqae150 (2024)",
     ),
+    "proteinmpnn": ModelMeta(
+        "message-passing network (ProteinMPNN)",
+        "protein structure",
+        ("PDB assemblies (CATH-clustered at 30 %)",),
+        "—",
+        "invariant",
+        False,
+        "Dauparas et al., Science 378, 49 (2022)",
+    ),
     "baseline": ModelMeta("random features", "none", (), "—", "neither", False, "—"),
 }
 
@@ -198,6 +207,7 @@ MODEL_META: dict[str, dict[str, Any]] = {
         for v in ("", "-blank", "-blank-atomistic")
     },
     **{f"gpt-oss-20b{v}": {"citation": "OpenAI, arXiv:2508.10925 (2025)"} for v in ("", "-blank", "-blank-atomistic")},
+    "proteinmpnn-soluble": {"training_data": ("PDB assemblies, membrane proteins excluded",)},
     "esm-if1": {
         "architecture": "GVP-Transformer (ESM-IF1)",
         "modality": "protein structure",

@@ -494,14 +494,8 @@ PROTEINS = ("MKTAYIAKQRQISFVKSHFSRQ", "GSHMSL", "MKVLAAGIVALLLAAGCSSX")
 
 
 def _protein_records(with_backbone: bool = False):
-    """Protein records; with ``backbone_coords`` (a Record subclass stands in until Record carries the field)."""
-    import dataclasses
-
+    """Protein records, with N/CA/C ``backbone_coords`` when ``with_backbone``."""
     from extractors import Record
-
-    @dataclasses.dataclass(frozen=True, eq=False)
-    class BackboneRecord(Record):
-        backbone_coords: np.ndarray | None = None
 
     out = []
     for i, seq in enumerate(PROTEINS):
@@ -513,9 +507,7 @@ def _protein_records(with_backbone: bool = False):
             + np.array([[-1.2, 0.6, -0.4], [0.0, 0.0, 0.0], [1.3, 0.5, 0.3]])
             + rng.normal(0, 0.05, (len(seq), 3, 3))
         )
-        out.append(
-            BackboneRecord(id=f"p{i}", sequence=seq, ca_coords=ca, backbone_coords=bb if with_backbone else None)
-        )
+        out.append(Record(id=f"p{i}", sequence=seq, ca_coords=ca, backbone_coords=bb if with_backbone else None))
     return out
 
 

@@ -358,7 +358,7 @@ def test_every_registered_model_has_metadata_and_list_long_shows_it():
         meta = model_meta(spec.id, spec.family)
         assert meta.equivariance in EQUIVARIANCE and meta.architecture and meta.modality and meta.citation
         assert meta.energy_head == (spec.family not in ("soap", "morgan", "minilm", "hf_chem", "hf_llm", "fair_esm",
-                                                        "esm3", "prostt5", "baseline"))  # fmt: skip
+                                                        "esm3", "prostt5", "proteinmpnn", "baseline"))  # fmt: skip
     assert model_meta("chgnet-r2scan", "chgnet").level_of_theory == "r2SCAN"
     assert model_meta("mace-off23-small", "mace").training_data == ("SPICE",)
     fixed = model_meta("7net-0", "sevennet", {"training_data": ["MPtrj", "OMat24"]})

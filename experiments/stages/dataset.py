@@ -238,6 +238,7 @@ def _summary(label: str, cfg: Mapping[str, Any], n_read: int, dropped: dict[str,
 def prepare_dataset(cfg: Mapping[str, Any], cache_dir: str | Path) -> tuple[DatasetStage, bool]:
     """Draw the dataset described by ``cfg`` (cached); returns the stage result and whether it was cached."""
     from extractors.base import versions
+    from extractors.datasets import BACKBONE_ATOMS, Record
 
     cfg = dict(cfg)
     fmt = cfg.get("format", "default")
@@ -262,6 +263,7 @@ def prepare_dataset(cfg: Mapping[str, Any], cache_dir: str | Path) -> tuple[Data
             "n": n,
             "seed": int(cfg.get("seed", 0)),
             "versions": versions(("ase", "ase-db-backends")),
+            "record": [[f.name for f in dataclasses.fields(Record)], BACKBONE_ATOMS],  # the pickle's layout
         },
     )
     label = f"{cfg.get('name')}-n{n if n is not None else 'all'}-s{int(cfg.get('seed', 0))}"

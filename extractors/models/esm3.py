@@ -7,7 +7,8 @@ it — mean over the residue positions (BOS and EOS excluded), seed 000's "ESMC"
 
 Inputs: ESM C and ``esm3-sequence`` read the record's sequence; ``esm3-structure`` reads only the backbone
 (N, CA, C) coordinates — tokenised by ESM3's VQ-VAE structure encoder and given to its geometric attention, the
-sequence track left masked — seed 000's "ESM3 Structure". Records need ``backbone_coords`` (L, 3, 3) for it.
+sequence track left masked — seed 000's "ESM3 Structure". Records need ``backbone_coords`` (N, CA, C per residue)
+for it.
 
 Weights: ``--opt weights=PATH`` — the model's Hugging Face snapshot directory (of
 ``EvolutionaryScale/esmc-300m-2024-12``, ``esmc-600m-2024-12`` or ``esm3-sm-open-v1``; it holds
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from extractors.base import SEPARATE_ENV, Embedded, Extractor, ModelSpec
-from extractors.datasets import Record
+from extractors.datasets import Record, backbone
 
 __all__ = [
     "ENV_REQUIREMENTS",
@@ -38,7 +39,6 @@ __all__ = [
     "SPECS",
     "ESM3Extractor",
     "ESMCExtractor",
-    "backbone_coords",
     "build",
     "local_tokenizers",
     "snapshot_root",
@@ -134,12 +134,6 @@ def local_tokenizers(root: str | Path) -> Any:
         function=InterProQuantizedTokenizer(lsh_path=root / C.LSH_TABLE_PATHS["8bit"]),
         residue_annotations=ResidueAnnotationsTokenizer(csv_path=str(root / C.RESID_CSV)),
     )
-
-
-def backbone_coords(record: Record) -> np.ndarray | None:
-    """The record's (L, 3, 3) N, CA, C coordinates (``Record.backbone_coords``), or None."""
-    coords = getattr(record, "backbone_coords", None)
-    return None if coords is None else np.asarray(coords, dtype=np.float32)
 
 
 def _load_state(module: Any, path: Path, device: str) -> Any:
@@ -283,9 +277,9 @@ class ESM3Extractor(_ESMBase):
 
     def check(self, record: Record) -> str | None:
         if self.input == "structure":
-            coords = backbone_coords(record)
-            if coords is None or coords.ndim != 3 or coords.shape[1:] != (3, 3):
-                return f"model {self.spec.id} needs (L, 3, 3) N/CA/C backbone coordinates (Record.backbone_coords)"
+            coords = backbone(record)
+            if coords is None:
+                return f"model {self.spec.id} needs N/CA/C backbone coordinates (a pdb: dataset)"
             return None
         return super().check(record)
 
@@ -296,7 +290,7 @@ class ESM3Extractor(_ESMBase):
 
         if self.input == "sequence":
             return ESMProtein(sequence=record.sequence)
-        bb = backbone_coords(record)
+        bb = backbone(record)
         atom37 = np.full((bb.shape[0], 37, 3), np.nan, dtype=np.float32)
         atom37[:, :3] = bb  # atom37 order starts N, CA, C
         return ESMProtein(coordinates=torch.from_numpy(atom37))

@@ -37,14 +37,13 @@ from typing import Any
 import numpy as np
 
 from extractors.base import SEPARATE_ENV, Embedded, Extractor, ModelSpec
-from extractors.datasets import Record
+from extractors.datasets import Record, backbone
 
 __all__ = [
     "ENV_REQUIREMENTS",
     "SPECS",
     "ESM2Extractor",
     "ESMIF1Extractor",
-    "backbone_coords",
     "build",
     "load_model_and_alphabet",
 ]
@@ -112,12 +111,6 @@ def load_model_and_alphabet(weights: str | Path | None, name: str) -> tuple[Any,
             model_data = torch.load(str(path), map_location="cpu")
             return esm.pretrained.load_model_and_alphabet_core(path.stem, model_data, None)
         return esm.pretrained.load_model_and_alphabet_local(path)
-
-
-def backbone_coords(record: Record) -> np.ndarray | None:
-    """The record's (L, 3, 3) N, CA, C coordinates (``Record.backbone_coords``), or None."""
-    coords = getattr(record, "backbone_coords", None)
-    return None if coords is None else np.asarray(coords, dtype=np.float32)
 
 
 class ESM2Extractor(Extractor):
@@ -194,9 +187,9 @@ class ESMIF1Extractor(Extractor):
         self.weights = str(weights) if weights else spec.config["name"]
 
     def check(self, record: Record) -> str | None:
-        coords = backbone_coords(record)
-        if coords is None or coords.ndim != 3 or coords.shape[1:] != (3, 3):
-            return f"model {self.spec.id} needs (L, 3, 3) N/CA/C backbone coordinates (Record.backbone_coords)"
+        coords = backbone(record)
+        if coords is None:
+            return f"model {self.spec.id} needs N/CA/C backbone coordinates (a pdb: dataset)"
         return None
 
     def encoder_output(self, coords: np.ndarray) -> Any:
@@ -211,9 +204,7 @@ class ESMIF1Extractor(Extractor):
         return out["encoder_out"][0][1:-1, 0]
 
     def embed(self, records: Sequence[Record]) -> list[Embedded]:
-        return [
-            Embedded(features=self.encoder_output(backbone_coords(r)).float().mean(0).cpu().numpy()) for r in records
-        ]
+        return [Embedded(features=self.encoder_output(backbone(r)).float().mean(0).cpu().numpy()) for r in records]
 
     def info(self) -> dict[str, Any]:
         return {"weights": self.weights, "embed_dim": int(self.model.encoder.embed_tokens.embedding_dim)}
