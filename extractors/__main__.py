@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered models and their status")
     ls.add_argument("--json", action="store_true", help="machine-readable output (metadata included)")
     ls.add_argument("--long", action="store_true", help="also each model's metadata (architecture, training data, …)")
+    lay = sub.add_parser("layers", help="the layers each model offers (the default, `last`, first)")
+    lay.add_argument("models", nargs="*", help="model ids (default: one model of every family)")
     run = sub.add_parser("run", help="extract embeddings into DIR/<model>__<dataset>__<layer>.npz")
     run.add_argument("--model", required=True, help="model id (see `list`)")
     run.add_argument("--dataset", required=True, help="default | default:id | default:ood | KIND:PATH | PATH")
@@ -198,11 +200,35 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _layers(models: list[str]) -> int:
+    """Print each model's layers (``MODEL@LAYER`` ids); without models, one line block per family."""
+    from extractors.registry import base_id, get_spec, layers, specs
+
+    table = specs()
+    if not models:
+        first: dict[str, str] = {}
+        for spec in table.values():
+            first.setdefault(spec.family, spec.id)
+        models = list(first.values())
+    for model in models:
+        offered = layers(model)
+        print(f"{model} (family {get_spec(base_id(model)).family})")
+        for i, (name, what) in enumerate(offered.items()):
+            print(f"  {name:<22s} {what}" + ("  [default]" if i == 0 else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     if args.command == "list":
         return _list(args.json, args.long)
+    if args.command == "layers":
+        try:
+            return _layers(args.models)
+        except ValueError as err:
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            return 2
     die_with_parent()
     try:
         return _run(args, argv)

@@ -26,6 +26,7 @@ __all__ = [
     "Embedded",
     "Extractor",
     "ModelSpec",
+    "check_layer",
     "per_structure",
     "spec_table",
     "versions",
@@ -133,6 +134,13 @@ class Extractor:
 
     def package_versions(self) -> dict[str, str]:
         return versions(self.spec.packages)
+
+
+def check_layer(spec: ModelSpec, layer: str, layers: dict[str, str]) -> None:
+    """Raise ValueError naming ``spec``'s ``layers`` (its family's ``LAYERS``) when ``layer`` is not one of them."""
+    if layer not in layers:
+        offered = "; ".join(f"{name!r}: {what}" for name, what in layers.items())
+        raise ValueError(f"{spec.id} offers layer {offered}; got layer={layer!r}.")
 
 
 def per_structure(atom_features: np.ndarray, n_atoms: Sequence[int], energies: Sequence[float]) -> list[Embedded]:

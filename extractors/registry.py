@@ -20,7 +20,7 @@ from extractors import models
 from extractors.base import WEIGHTS_PATH, Extractor, ModelSpec
 from extractors.faults import UsageError, check_device
 
-__all__ = ["FAMILIES", "available", "base_id", "build_extractor", "get_spec", "specs", "split_layer"]
+__all__ = ["FAMILIES", "available", "base_id", "build_extractor", "get_spec", "layers", "specs", "split_layer"]
 
 #: Family modules listed first, in this order; any other module in extractors/models/ follows alphabetically.
 _FIRST = ("chgnet", "sevennet", "minilm", "soap", "morgan", "baseline")
@@ -82,6 +82,13 @@ def get_spec(model: str) -> ModelSpec:
         return table[model]
     spec = table[base]
     return dataclasses.replace(spec, id=model, status=WEIGHTS_PATH, description=f"{spec.description}, weights {tag}")
+
+
+def layers(model: str) -> dict[str, str]:
+    """The layers ``model`` offers (a run's id, ``MODEL@LAYER`` or ``MODEL~TAG`` included): its family module's
+    ``LAYERS``, layer name or pattern → what it reads; ``last``, the first, is the default. UsageError for an
+    unknown model."""
+    return dict(_module(get_spec(base_id(model)).family).LAYERS)
 
 
 def available(spec: ModelSpec) -> list[str]:

@@ -401,3 +401,28 @@ def test_unreadable_decides_which_datasets_a_model_reads():
     assert unreadable("protein sequence", protein) is None and unreadable("protein sequence", mol) is not None
     assert unreadable("protein structure", protein) == "no protein backbone"
     assert unreadable("none", protein) is None  # the random baseline reads anything
+
+
+def test_every_family_documents_its_layers_and_descriptors_refuse_others():
+    """Each family module declares ``LAYERS`` (name or pattern → what it reads), ``last`` first: the default the
+    papers use; ``python -m extractors layers`` prints them; models without layers refuse any other name instead of
+    silently embedding the same features twice in a run (``soap@x`` beside ``soap``)."""
+    from extractors.registry import FAMILIES, layers
+
+    first = {}
+    for spec in specs().values():
+        first.setdefault(spec.family, spec.id)
+    assert set(first) == set(FAMILIES)
+    for family, model in first.items():
+        offered = layers(model)
+        assert next(iter(offered)) == "last" and all(isinstance(v, str) and v for v in offered.values()), family
+    assert "head" in layers("chgnet-0.3.0~ff-e0001@head") and "encoder-<k>" in layers("proteinmpnn-vanilla")
+    for model in ("soap", "morgan", "random"):
+        with pytest.raises(ValueError, match=r"offers layer 'last'.*got layer='x'"):
+            build_extractor(model, layer="x")
+    cli = [sys.executable, "-m", "extractors", "layers"]
+    done = subprocess.run([*cli, "7net-0@2_equivariant_gate"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and "<i>_equivariant_gate" in done.stdout and "[default]" in done.stdout
+    bad = subprocess.run([*cli, "no-such-model"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown model 'no-such-model'")
+    assert len(bad.stderr.strip().splitlines()) == 1

@@ -10,10 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec
+from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec, check_layer
 from extractors.datasets import Record
 
-__all__ = ["SPECS", "RandomExtractor", "build"]
+__all__ = ["LAYERS", "SPECS", "RandomExtractor", "build"]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {"last": "the random features (no other layers)"}
 
 SPECS = (
     ModelSpec(
@@ -34,6 +37,7 @@ class RandomExtractor(Extractor):
     def __init__(self, spec: ModelSpec, *, layer: str = "last", dim: int | None = None, seed: int | None = None):
         self.dim = int(dim if dim is not None else spec.config["dim"])
         self.seed = int(seed if seed is not None else spec.config["seed"])
+        check_layer(spec, layer, LAYERS)
         super().__init__(spec, layer=layer, dim=self.dim, seed=self.seed)
 
     def check(self, record: Record) -> str | None:

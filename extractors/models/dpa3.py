@@ -31,7 +31,13 @@ import numpy as np
 from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, spec_table
 from extractors.datasets import Record
 
-__all__ = ["ENV_REQUIREMENTS", "SPECS", "DPA3Extractor", "build", "import_deepmd_pt"]
+__all__ = ["ENV_REQUIREMENTS", "LAYERS", "SPECS", "DPA3Extractor", "build", "import_deepmd_pt"]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {
+    "last": "the energy fitting net's last hidden layer per atom (eval_fitting_last_layer)",
+    "backbone": "the DPA-3 descriptor per atom (eval_descriptor)",
+}
 
 #: deepmd-kit[torch]'s requirements with torch 2.13 instead of its torch==2.11.0 pin (mpich: the wheel links it).
 ENV_REQUIREMENTS = ("deepmd-kit==3.2.0", "mpich", "e3nn>=0.5.9", "vesin[torch]")

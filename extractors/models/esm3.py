@@ -36,6 +36,7 @@ from extractors.datasets import Record, backbone
 __all__ = [
     "ENV_REQUIREMENTS",
     "ESMC_SIZES",
+    "LAYERS",
     "SPECS",
     "ESM3Extractor",
     "ESMCExtractor",
@@ -44,6 +45,9 @@ __all__ = [
     "snapshot_root",
     "weights_file",
 ]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {"last": "the model's embeddings output, mean over residues"}
 
 #: Requirements of the family's environment (extractors.envs): the last ``esm`` release for Python 3.11, and
 #: ``httpx``, which it imports without declaring.

@@ -41,12 +41,19 @@ from extractors.datasets import Record, backbone
 
 __all__ = [
     "ENV_REQUIREMENTS",
+    "LAYERS",
     "SPECS",
     "ESM2Extractor",
     "ESMIF1Extractor",
     "build",
     "load_model_and_alphabet",
 ]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {
+    "last": "ESM2: the last representation layer; ESM-IF1: the GVP-Transformer encoder output",
+    "<k>": "ESM2 only: representation layer k (0 = token embeddings … num_layers)",
+}
 
 #: Requirements of the family's environment (see extractors.envs); ESM-IF1 also needs torch-scatter, built with
 #: ``pip install --no-build-isolation torch-scatter==2.1.2`` (see the module docstring).

@@ -31,7 +31,13 @@ from typing import Any
 from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, per_structure, spec_table
 from extractors.datasets import Record
 
-__all__ = ["ENV_REQUIREMENTS", "EXTRA_ENVS", "SPECS", "EquiformerV2Extractor", "FairchemExtractor", "build"]
+__all__ = ["ENV_REQUIREMENTS", "EXTRA_ENVS", "LAYERS", "SPECS", "EquiformerV2Extractor", "FairchemExtractor", "build"]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {
+    "last": "L=0 (invariant) part of the backbone's final node embedding",
+    "last_l1": "L=0 and L=1 coefficients of the final node embedding",
+}
 
 ENV_REQUIREMENTS = ("fairchem-core==2.24.0",)
 #: EquiformerV2 needs fairchem-core 1.x; pip cannot resolve it with torch==2.13.0 (it pins torch~=2.4.0).

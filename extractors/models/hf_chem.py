@@ -29,7 +29,10 @@ from extractors.chem import record_smiles
 from extractors.datasets import Record
 from extractors.models._hf import encode_by_length, load_model, load_tokenizer, masked_mean, resolve_weights
 
-__all__ = ["SPECS", "HFChemExtractor", "build", "canonical_smiles", "model_inputs"]
+__all__ = ["LAYERS", "SPECS", "HFChemExtractor", "build", "canonical_smiles", "model_inputs"]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {"last": "last hidden state, mean over tokens"}
 
 _PACKAGES = ("transformers", "tokenizers", "torch", "rdkit")
 

@@ -40,6 +40,7 @@ __all__ = [
     "ATOMISTIC_PREFIX",
     "BLANK_SYSTEM_PROMPT",
     "DEFAULT_SYSTEM_PROMPT",
+    "LAYERS",
     "SMILES_PREFIX",
     "SPECS",
     "SYSTEM_PROMPTS",
@@ -50,6 +51,9 @@ __all__ = [
     "conversation",
     "frozen_template_clock",
 ]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {"last": "last hidden state, mean over the input's tokens"}
 
 #: Seed 000 App. B.2, "Default System Prompt" (line breaks as rendered in the paper; its PDF does not preserve
 #: the exact whitespace).

@@ -26,7 +26,14 @@ from typing import Any
 from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, per_structure, spec_table
 from extractors.datasets import Record
 
-__all__ = ["ENV_REQUIREMENTS", "SPECS", "MACEExtractor", "build", "layer_columns", "resolve_weights"]
+__all__ = ["ENV_REQUIREMENTS", "LAYERS", "SPECS", "MACEExtractor", "build", "layer_columns", "resolve_weights"]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {
+    "last": "the last interaction layer's invariant node features",
+    "layer<i>": "interaction layer i (1-based) of get_descriptors' output",
+    "all": "every interaction layer, concatenated (exactly get_descriptors' array)",
+}
 
 #: What ``python -m extractors.envs create mace`` installs beside torch==2.13.0 (verified on this machine).
 ENV_REQUIREMENTS = ("mace-torch==0.3.16",)

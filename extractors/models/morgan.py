@@ -12,11 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec
+from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec, check_layer
 from extractors.chem import record_smiles
 from extractors.datasets import Record
 
-__all__ = ["SPECS", "MorganExtractor", "build"]
+__all__ = ["LAYERS", "SPECS", "MorganExtractor", "build"]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {"last": "the fingerprint bits (a descriptor: no other layers)"}
 
 SPECS = (
     ModelSpec(
@@ -37,6 +40,7 @@ class MorganExtractor(Extractor):
     def __init__(self, spec: ModelSpec, *, layer: str = "last", radius: int | None = None, n_bits: int | None = None):
         self.radius = int(radius if radius is not None else spec.config["radius"])
         self.n_bits = int(n_bits if n_bits is not None else spec.config["n_bits"])
+        check_layer(spec, layer, LAYERS)
         super().__init__(spec, layer=layer, radius=self.radius, n_bits=self.n_bits)
         from rdkit.Chem import rdFingerprintGenerator
 

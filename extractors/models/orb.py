@@ -23,7 +23,10 @@ from typing import Any
 from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, per_structure, spec_table
 from extractors.datasets import Record
 
-__all__ = ["ENV_REQUIREMENTS", "SPECS", "OrbExtractor", "build", "resolve_weights"]
+__all__ = ["ENV_REQUIREMENTS", "LAYERS", "SPECS", "OrbExtractor", "build", "resolve_weights"]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {"last": "node_features of the backbone output"}
 
 ENV_REQUIREMENTS = ("orb-models==0.5.5",)
 

@@ -26,7 +26,13 @@ import numpy as np
 from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, spec_table
 from extractors.datasets import Record
 
-__all__ = ["ENV_REQUIREMENTS", "SPECS", "PETExtractor", "build", "feature_output"]
+__all__ = ["ENV_REQUIREMENTS", "LAYERS", "SPECS", "PETExtractor", "build", "feature_output"]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {
+    "last": "mtt::aux::energy_last_layer_features (input of the energy head's last linear layer)",
+    "backbone": "the standard feature output of the PET backbone",
+}
 
 ENV_REQUIREMENTS = ("upet==0.3.1",)
 

@@ -26,7 +26,10 @@ from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
 from extractors.datasets import Record
 from extractors.models._hf import encode_by_length, load_model, load_tokenizer, masked_mean, resolve_weights
 
-__all__ = ["AA_PREFIX", "FOLD_PREFIX", "SPECS", "ProstT5Extractor", "build", "model_input"]
+__all__ = ["AA_PREFIX", "FOLD_PREFIX", "LAYERS", "SPECS", "ProstT5Extractor", "build", "model_input"]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {"last": "the encoder's last hidden state, mean over residues"}
 
 AA_PREFIX = "<AA2fold>"
 FOLD_PREFIX = "<fold2AA>"

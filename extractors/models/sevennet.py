@@ -20,7 +20,13 @@ from typing import Any
 from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec, per_structure, spec_table
 from extractors.datasets import Record
 
-__all__ = ["SPECS", "SevenNetExtractor", "build", "calculator", "load_model"]
+__all__ = ["LAYERS", "SPECS", "SevenNetExtractor", "build", "calculator", "load_model"]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {
+    "last": "invariant (0e) output x of the last interaction block's gate (4_equivariant_gate in 7net-0; 128 scalars)",
+    "<i>_equivariant_gate": "block i's gate output, its invariant channels (i from 0 to the last block)",
+}
 
 _PACKAGES = ("sevenn", "torch", "e3nn", "torch-geometric", "ase")
 _ROWS = (

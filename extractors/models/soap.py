@@ -16,10 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec
+from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec, check_layer
 from extractors.datasets import Record
 
-__all__ = ["SPECS", "SOAPExtractor", "build"]
+__all__ = ["LAYERS", "SPECS", "SOAPExtractor", "build"]
+
+#: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
+LAYERS = {"last": "the SOAP power spectrum (a descriptor: no other layers)"}
 
 SPECS = (
     ModelSpec(
@@ -42,6 +45,7 @@ class SOAPExtractor(Extractor):
         if unknown:
             raise ValueError(f"unknown SOAP option(s) {sorted(unknown)}; known: {sorted(spec.config)} and species.")
         self.params = {**spec.config, **params}
+        check_layer(spec, layer, LAYERS)
         super().__init__(spec, layer=layer, species=species, **self.params)
         self.species = None if species is None else _numbers(species)
         self._soap: dict[bool, Any] = {}
