@@ -164,6 +164,8 @@ MODEL_META: dict[str, dict[str, Any]] = {
     },
     "orb-v3-conservative-inf-mpa": {"training_data": _MPA},
     "orb-v3-direct-inf-mpa": {"training_data": _MPA},
+    "orb-v3-conservative-20-mpa": {"training_data": _MPA},
+    "orb-v3-direct-20-mpa": {"training_data": _MPA},
     "orb-v3-conservative-omol": _OMOL,
     "orb-v3-direct-omol": _OMOL,
     "orb-v2": {"training_data": ("MPtrj", "Alexandria"), "citation": "Neumann et al., arXiv:2410.22570 (2024)"},
@@ -172,12 +174,43 @@ MODEL_META: dict[str, dict[str, Any]] = {
     "uma-m-1p1-omol": _OMOL,
     "uma-s-1p2-omol": _OMOL,
     "uma-s-1p1-oc20": {"training_data": ("OC20",), "level_of_theory": "RPBE"},
+    "uma-m-1p1-oc20": {"training_data": ("OC20",), "level_of_theory": "RPBE"},
+    "uma-s-1p1-odac": {"training_data": ("ODAC23",), "level_of_theory": "PBE+D3"},
+    "uma-m-1p1-odac": {"training_data": ("ODAC23",), "level_of_theory": "PBE+D3"},
+    "uma-s-1p1-omc": {"training_data": ("OMC25",), "level_of_theory": "PBE+D3"},
+    "uma-m-1p1-omc": {"training_data": ("OMC25",), "level_of_theory": "PBE+D3"},
     "esen-sm-conserving-all-omol": {**_OMOL, "architecture": "eSEN", "citation": "Fu et al., arXiv:2502.12147 (2025)"},
     "esen-md-direct-all-omol": {**_OMOL, "architecture": "eSEN", "citation": "Fu et al., arXiv:2502.12147 (2025)"},
     "esen-30m-oam": {
         "training_data": ("OMat24", "MPtrj", "sAlex"),
         "architecture": "eSEN",
         "citation": "Fu et al., arXiv:2502.12147 (2025)",
+    },
+    "esen-30m-mp": {
+        "training_data": ("MPtrj",),
+        "architecture": "eSEN",
+        "citation": "Fu et al., arXiv:2502.12147 (2025)",
+    },
+    "esen-30m-omat": {
+        "training_data": ("OMat24",),
+        "architecture": "eSEN",
+        "citation": "Fu et al., arXiv:2502.12147 (2025)",
+    },
+    **{
+        f"eqv2-{name}": {
+            "training_data": data,
+            "architecture": "EquiformerV2",  # DeNS is a training objective: seed 000 counts eleven EqV2 models
+            "citation": "Barroso-Luque et al., arXiv:2410.12771 (2024)",
+        }
+        for name, data in (
+            ("31m-omat", ("OMat24",)),
+            ("86m-omat", ("OMat24",)),
+            ("153m-omat", ("OMat24",)),
+            ("31m-mp", ("MPtrj",)),
+            ("dens-31m-mp", ("MPtrj",)),
+            ("dens-86m-mp", ("MPtrj",)),
+            ("dens-153m-mp", ("MPtrj",)),
+        )
     },
     **{
         f"eqv2-{size}-omat-mp-salex": {

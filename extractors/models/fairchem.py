@@ -49,19 +49,33 @@ _ROWS_V2 = (
     ("uma-s-1p1-omat", "uma-s-1p1", "omat", "UMA-S 1.1, OMat24 task head"),
     ("uma-s-1p1-omol", "uma-s-1p1", "omol", "UMA-S 1.1, OMol25 task head"),
     ("uma-s-1p1-oc20", "uma-s-1p1", "oc20", "UMA-S 1.1, OC20 task head"),
+    ("uma-s-1p1-odac", "uma-s-1p1", "odac", "UMA-S 1.1, ODAC23 task head (MOFs with adsorbates)"),
+    ("uma-s-1p1-omc", "uma-s-1p1", "omc", "UMA-S 1.1, OMC25 task head (molecular crystals)"),
     ("uma-m-1p1-omat", "uma-m-1p1", "omat", "UMA-M 1.1, OMat24 task head"),
     ("uma-m-1p1-omol", "uma-m-1p1", "omol", "UMA-M 1.1, OMol25 task head"),
+    ("uma-m-1p1-oc20", "uma-m-1p1", "oc20", "UMA-M 1.1, OC20 task head"),
+    ("uma-m-1p1-odac", "uma-m-1p1", "odac", "UMA-M 1.1, ODAC23 task head (MOFs with adsorbates)"),
+    ("uma-m-1p1-omc", "uma-m-1p1", "omc", "UMA-M 1.1, OMC25 task head (molecular crystals)"),
     ("uma-s-1p2-omat", "uma-s-1p2", "omat", "UMA-S 1.2, OMat24 task head"),
     ("uma-s-1p2-omol", "uma-s-1p2", "omol", "UMA-S 1.2, OMol25 task head"),
     ("esen-sm-conserving-all-omol", "esen-sm-conserving-all-omol", "omol", "eSEN-sm conserving (OMol25)"),
     ("esen-md-direct-all-omol", "esen-md-direct-all-omol", "omol", "eSEN-md direct (OMol25)"),
     ("esen-30m-oam", None, None, "eSEN-30M-OAM (OMat24 + MPtrj + sAlex; --opt weights=esen_30m_oam.pt)"),
+    ("esen-30m-mp", None, None, "eSEN-30M-MP (MPtrj; --opt weights=PATH)"),
+    ("esen-30m-omat", None, None, "eSEN-30M-OMat (OMat24; --opt weights=PATH)"),
     ("fairchem", None, None, "any fairchem-core 2 checkpoint (--opt weights=PATH [task=NAME])"),
 )
 _ROWS_V1 = (
     ("eqv2-31m-omat-mp-salex", "eqV2_31M_omat_mp_salex.pt", "EquiformerV2 31M, OMat24 → MPtrj + sAlex (fairchem 1.x)"),
     ("eqv2-86m-omat-mp-salex", "eqV2_86M_omat_mp_salex.pt", "EquiformerV2 86M, OMat24 → MPtrj + sAlex (fairchem 1.x)"),
     ("eqv2-153m-omat-mp-salex", "eqV2_153M_omat_mp_salex.pt", "EquiformerV2 153M, OMat24 → MPtrj + sAlex (1.x)"),
+    ("eqv2-31m-omat", "eqV2_31M_omat.pt", "EquiformerV2 31M, OMat24 only (fairchem 1.x)"),
+    ("eqv2-86m-omat", "eqV2_86M_omat.pt", "EquiformerV2 86M, OMat24 only (fairchem 1.x)"),
+    ("eqv2-153m-omat", "eqV2_153M_omat.pt", "EquiformerV2 153M, OMat24 only (fairchem 1.x)"),
+    ("eqv2-31m-mp", "eqV2_31M_mp.pt", "EquiformerV2 31M, MPtrj only (fairchem 1.x)"),
+    ("eqv2-dens-31m-mp", "eqV2_dens_31M_mp.pt", "EquiformerV2 31M with DeNS, MPtrj (fairchem 1.x)"),
+    ("eqv2-dens-86m-mp", "eqV2_dens_86M_mp.pt", "EquiformerV2 86M with DeNS, MPtrj (fairchem 1.x)"),
+    ("eqv2-dens-153m-mp", "eqV2_dens_153M_mp.pt", "EquiformerV2 153M with DeNS, MPtrj (fairchem 1.x)"),
 )
 SPECS = spec_table(
     "fairchem", ("checkpoint", "task"), _ROWS_V2, status=WEIGHTS_PATH, packages=_PACKAGES, generation=2

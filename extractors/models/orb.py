@@ -38,6 +38,8 @@ _ROWS = (
     ("orb-v3-direct-20-omat", "orb-v3 direct, 20 neighbours (OMat24)"),
     ("orb-v3-conservative-inf-mpa", "orb-v3 conservative, unlimited neighbours (MPtrj + sAlex)"),
     ("orb-v3-direct-inf-mpa", "orb-v3 direct, unlimited neighbours (MPtrj + sAlex)"),
+    ("orb-v3-conservative-20-mpa", "orb-v3 conservative, 20 neighbours (MPtrj + sAlex)"),
+    ("orb-v3-direct-20-mpa", "orb-v3 direct, 20 neighbours (MPtrj + sAlex)"),
     ("orb-v3-conservative-omol", "orb-v3 conservative (OMol25; charge and spin conditioned)"),
     ("orb-v3-direct-omol", "orb-v3 direct (OMol25; charge and spin conditioned)"),
     ("orb-v2", "orb-v2 (MPtrj + Alexandria)"),
