@@ -221,7 +221,10 @@ MODEL_META: dict[str, dict[str, Any]] = {
         for size in ("31m", "86m", "153m")
     },
     "pet-mad-s-v1.0.2": {"level_of_theory": "PBEsol"},
-    "pet-omat-s": {"training_data": ("OMat24",), "level_of_theory": _PBE},
+    **{f"pet-omat-{size}": {"training_data": ("OMat24",), "level_of_theory": _PBE} for size in ("xs", "s", "m", "l")},
+    "pet-omat-xl": {"training_data": ("OMat24",), "level_of_theory": _PBE},
+    "pet-omad-l": {"training_data": ("OMat24", "MAD"), "level_of_theory": "PBEsol"},  # seed 003 Table S1
+    "pet-omatpes-l": {"training_data": ("OMat24", "MatPES"), "level_of_theory": "r2SCAN"},
     "pet-oam-l": {"training_data": ("OMat24", "sAlex", "MPtrj"), "level_of_theory": _PBE},
     "pet-omol-s": _OMOL,
     "pet-spice-s": {"training_data": ("SPICE",), "level_of_theory": "ωB97M-D3(BJ)"},
