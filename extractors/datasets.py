@@ -74,10 +74,10 @@ class Record:
 
     ``atoms`` is an ``ase.Atoms`` (None for SMILES-only and protein records), ``smiles`` the SMILES when the data
     gives one, ``sequence`` the one-letter protein sequence, ``ca_coords`` the (L, 3) Cα coordinates,
-    ``backbone_coords`` the (L, 4, 3) N, CA, C, O coordinates (NaN for a missing atom; inverse-folding models read
-    them through :func:`backbone`), ``residue_numbers`` the (L,) residue sequence numbers of the file (gaps in
-    them are missing residues), ``energy`` the reference energy in eV when the data has it, ``split``
-    ``"id"``/``"ood"`` for the default dataset.
+    ``backbone_coords`` the (L, 5, 3) N, CA, C, O, CB coordinates (NaN for a missing atom, e.g. glycine's CB;
+    structure models read them through :func:`backbone`), ``residue_numbers`` the (L,) residue sequence numbers
+    of the file (gaps in them are missing residues), ``energy`` the reference energy in eV when the data has it,
+    ``split`` ``"id"``/``"ood"`` for the default dataset.
     """
 
     id: str
@@ -99,7 +99,7 @@ class Record:
 #: the ASE collections of the embedded default dataset, in reading order.
 COLLECTIONS = ("g2", "s22", "dcdft")
 #: The backbone atoms a protein record stores per residue, in order (``Record.backbone_coords``).
-BACKBONE_ATOMS = ("N", "CA", "C", "O")
+BACKBONE_ATOMS = ("N", "CA", "C", "O", "CB")
 
 
 def _ase_collections() -> list[tuple[str, Any]]:
@@ -465,7 +465,8 @@ def _protein_records(structure: Any, stem: str) -> list[Record]:
 
 def backbone(record: Record, atoms: int = 3) -> np.ndarray | None:
     """The record's first ``atoms`` backbone atoms per residue as float32 (L, atoms, 3) — 3: N, CA, C (ESM-IF1,
-    ESM3); 4: N, CA, C, O (ProteinMPNN) — or None when the record has no backbone or fewer atoms per residue."""
+    ESM3); 4: N, CA, C, O (ProteinMPNN); 5: and CB (Foldseek 3Di) — or None when the record has no backbone or
+    fewer atoms per residue."""
     coords = getattr(record, "backbone_coords", None)
     if coords is None:
         return None

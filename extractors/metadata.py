@@ -243,6 +243,7 @@ MODEL_META: dict[str, dict[str, Any]] = {
         for v in ("", "-blank", "-blank-atomistic")
     },
     **{f"gpt-oss-20b{v}": {"citation": "OpenAI, arXiv:2508.10925 (2025)"} for v in ("", "-blank", "-blank-atomistic")},
+    "prostt5-3di": {"modality": "protein structure"},  # the Foldseek 3Di string of the backbone
     "proteinmpnn-soluble": {"training_data": ("PDB assemblies, membrane proteins excluded",)},
     "esm-if1": {
         "architecture": "GVP-Transformer (ESM-IF1)",

@@ -305,6 +305,44 @@ def test_prostt5(prostt5_dir):
     np.testing.assert_allclose(short.embed(records[2:])[0].features, feats[0], atol=ATOL)  # same first 10 residues
 
 
+def test_prostt5_3di(prostt5_dir, tmp_path):
+    """seed 000's "ProstT5 Structure": the 3Di string equals mini3di's own encoding of the Biopython chain, and the
+    features equal the encoder on ``<fold2AA>`` + the lower-case 3Di letters."""
+    import mini3di
+    import torch
+    from Bio.PDB import PDBParser
+    from protein_files import helix_pdb
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    from extractors import Record
+    from extractors.datasets import read_pdb
+    from extractors.models import prostt5
+    from extractors.registry import get_spec
+
+    pdb = helix_pdb(tmp_path / "2hlx.pdb")
+    records = read_pdb(pdb)
+    encoder = mini3di.Encoder()
+    structure = PDBParser(QUIET=True).get_structure("2hlx", str(pdb))
+    for record, chain in zip(records, structure[0], strict=True):
+        want = encoder.build_sequence(encoder.encode_chain(chain))
+        assert prostt5.three_di(record) == want and len(want) == len(record.sequence)
+    ext = prostt5.build(get_spec("prostt5-3di"), weights=str(prostt5_dir))
+    assert "N/CA/C/CB" in ext.check(Record(id="s", sequence="MK")) and ext.check(records[0]) is None
+    feats = np.stack([e.features for e in ext.embed(records)])
+    tok = AutoTokenizer.from_pretrained(prostt5_dir)
+    model = T5ForConditionalGeneration.from_pretrained(prostt5_dir).eval()
+    ref = []
+    for r in records:
+        text = prostt5.model_input(prostt5.three_di(r), kind="3di")
+        assert text.startswith("<fold2AA> ") and text[10:] == text[10:].lower()
+        enc = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            ref.append(_manual_mean(model.encoder(**enc).last_hidden_state, drop_first=1, drop_last=1))
+    np.testing.assert_allclose(feats, np.stack(ref), atol=ATOL)
+    sequence = prostt5.build(get_spec("prostt5"), weights=str(prostt5_dir)).embed(records)[0].features
+    assert not np.allclose(sequence, feats[0])  # the structure tokens, not the sequence, went in
+
+
 # --------------------------------------------------------------------------------------------------- LLMs
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}"

@@ -172,12 +172,12 @@ def test_pdb_and_mmcif_readers(tmp_path):
     assert [(r.id, r.sequence) for r in recs] == [("1tst_A", "MGM"), ("1tst_B", "KW")]
     np.testing.assert_allclose(recs[0].ca_coords[0], [11.639, 6.071, -5.147], atol=1e-3)
     assert recs[1].ca_coords.shape == (2, 3) and recs[0].atoms is None
-    assert recs[1].backbone_coords.shape == (2, 4, 3)  # N, CA, C, O; NaN where the file has no such atom
+    assert recs[1].backbone_coords.shape == (2, 5, 3)  # N, CA, C, O, CB; NaN where the file has no such atom
     np.testing.assert_array_equal(recs[0].backbone_coords[:, 1], recs[0].ca_coords)
     assert np.isnan(recs[0].backbone_coords[:, 3]).all() and not np.isnan(recs[0].backbone_coords[0, :3]).any()
     np.testing.assert_array_equal(recs[0].residue_numbers, [1, 2, 3])
     assert backbone(recs[0]).shape == (3, 3, 3) and backbone(recs[0], 4).shape == (3, 4, 3)
-    assert backbone(recs[0], 5) is None and backbone(Record(id="x", sequence="M")) is None
+    assert backbone(recs[0], 6) is None and backbone(Record(id="x", sequence="M")) is None
     io = MMCIFIO()
     io.set_structure(PDBParser(QUIET=True).get_structure("1tst", str(pdb)))
     cif_dir = tmp_path / "cif"

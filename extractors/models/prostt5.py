@@ -7,9 +7,10 @@ to X, one space between residues, prefixed by ``<AA2fold>`` (amino-acid input). 
 prefix token and the closing ``</s>`` excluded, as in the model card's per-protein embedding. Sequences longer
 than ``max_residues`` are truncated to their first ``max_residues`` residues (the file's metadata says so).
 
-Seed 000 also embedded "ProstT5 Structure" (3Di input, ``<fold2AA>`` prefix, lower-case 3Di letters): that needs
-Foldseek's 3Di string per chain, which no dataset reader provides yet, so only the sequence variant is
-registered; :func:`model_input` already renders 3Di input.
+``prostt5-3di`` is seed 000's "ProstT5 Structure": the chain's Foldseek 3Di string (one letter per residue, from
+its N, CA, C and CB coordinates, ``Record.backbone_coords``; a missing CB, e.g. glycine's, is placed as Foldseek
+places it) computed by ``mini3di`` (a NumPy port of Foldseek's 3Di encoder), lower case after ``<fold2AA>``, the
+model card's structure input; the same encoder and pooling as the sequence variant.
 
 Weights: ``--opt weights=PATH`` (a local snapshot of ``Rostlab/ProstT5``) or the Hub id (local Hugging Face
 cache). The model card runs it in half precision on GPU (``--opt dtype=float16 --opt device=cuda``) and float32
@@ -23,10 +24,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
-from extractors.datasets import Record
+from extractors.datasets import Record, backbone
 from extractors.models._hf import encode_by_length, load_model, load_tokenizer, masked_mean, resolve_weights
 
-__all__ = ["AA_PREFIX", "FOLD_PREFIX", "LAYERS", "SPECS", "ProstT5Extractor", "build", "model_input"]
+__all__ = ["AA_PREFIX", "FOLD_PREFIX", "LAYERS", "SPECS", "ProstT5Extractor", "build", "model_input", "three_di"]
 
 #: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
 LAYERS = {"last": "the encoder's last hidden state, mean over residues"}
@@ -43,7 +44,28 @@ SPECS = (
         _PACKAGES,
         "ProstT5 encoder on the amino-acid sequence (<AA2fold>)",
     ),
+    ModelSpec(
+        "prostt5-3di",
+        "prostt5",
+        {"hub_id": "Rostlab/ProstT5", "input": "3di"},
+        WEIGHTS_PATH,
+        (*_PACKAGES, "mini3di"),
+        "ProstT5 encoder on the chain's Foldseek 3Di string (<fold2AA>; 3Di by mini3di)",
+    ),
 )
+
+
+def three_di(record: Record) -> str | None:
+    """The record's Foldseek 3Di string (one upper-case letter per residue) from its N, CA, C and CB coordinates,
+    by ``mini3di.Encoder`` (missing CB approximated as Foldseek does); None when the record has no backbone."""
+    import mini3di
+
+    coords = backbone(record, 5)
+    if coords is None:
+        return None
+    encoder = mini3di.Encoder()
+    states = encoder.encode_atoms(ca=coords[:, 1], cb=coords[:, 4], n=coords[:, 0], c=coords[:, 2])
+    return encoder.build_sequence(states)
 
 
 def model_input(sequence: str, *, kind: str = "sequence") -> str:
@@ -80,6 +102,17 @@ class ProstT5Extractor(Extractor):
         self.model = load_model(self.path, auto_class="T5EncoderModel", dtype=dtype, device=device)
         self.max_residues = int(max_residues)
         self.kind = spec.config["input"]
+        if self.kind == "3di":
+            self.needs = "backbone"  # type: ignore[misc]
+
+    def check(self, record: Record) -> str | None:
+        if self.kind == "3di" and (not record.sequence or backbone(record, 5) is None):
+            return f"model {self.spec.id} needs N/CA/C/CB coordinates (Record.backbone_coords, a pdb: dataset)"
+        return super().check(record)
+
+    def model_text(self, record: Record) -> str:
+        """The residue letters the model reads: the sequence, or the 3Di string for ``prostt5-3di``."""
+        return three_di(record) if self.kind == "3di" else record.sequence
 
     def encode(self, sequences: Sequence[str]) -> Any:
         """(n, d) float32 torch tensor: each sequence's mean over its residue positions (length-sorted
@@ -106,7 +139,7 @@ class ProstT5Extractor(Extractor):
         return masked_mean(hidden, residues)
 
     def embed(self, records: Sequence[Record]) -> list[Embedded]:
-        vectors = self.encode([r.sequence for r in records]).cpu().numpy()
+        vectors = self.encode([self.model_text(r) for r in records]).cpu().numpy()
         return [Embedded(features=v) for v in vectors]
 
     def info(self) -> dict[str, Any]:
