@@ -162,9 +162,10 @@ def _main(args: argparse.Namespace) -> int:
         "python": platform.python_version(),
         "interpreter": sys.executable,
     }
-    from experiments.cache import write_json
+    from extractors.faults import atomic_target  # not experiments.cache: a family environment has no jax
 
-    write_json(path.with_suffix(".json"), sidecar)
+    with atomic_target(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
     print(path)
     return 0
 

@@ -267,35 +267,63 @@ def dataset_configs(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _readable_models(
-    stages: Mapping[str, DatasetStage], models_cfg: Mapping[str, Any]
-) -> dict[str, dict[str, str | None]]:
-    """model → dataset → why the model reads none of the dataset's records (None: it reads some). A model that
-    reads no dataset of the run is an error naming it."""
+    stages: Mapping[str, DatasetStage], configs: Mapping[str, Mapping[str, Any]], models_cfg: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:
+    """Which model runs on which dataset: (model → dataset → why it does not run there, None when it does; left-out
+    dataset → why). A model does not run on a dataset whose records it cannot read, or whose ``models`` list (its
+    config: model ids and modalities) leaves it out. A dataset with fewer than two models to compare is left out of
+    a study that keeps another; a study that keeps none, and a model that runs on no dataset kept, are errors
+    naming them."""
     from experiments.stages.extraction import check_models
     from extractors.metadata import model_meta, unreadable
+    from extractors.registry import base_id, split_layer
 
     ids = list(models_cfg["ids"])
-    specs = check_models(ids, dict(models_cfg.get("python") or {}))
+    specs = check_models(ids, dict(models_cfg.get("python") or {}), envs=models_cfg.get("envs", "auto"))
     overrides = dict(models_cfg.get("meta") or {})
+    modality = {m: model_meta(m, specs[m].family, overrides.get(m)).modality for m in ids}
+    names = {m: {m, split_layer(m)[0], base_id(m), modality[m]} for m in ids}  # what a dataset's `models` matches
     out: dict[str, dict[str, str | None]] = {m: {} for m in ids}
     for name, ds in stages.items():
+        chosen = configs[name].get("models")
+        chosen = None if chosen is None else {str(c) for c in chosen}
         records = ds.records()
         for m in ids:
-            modality = model_meta(m, specs[m].family, overrides.get(m)).modality
-            reasons = [unreadable(modality, r) for r in records]
+            if chosen is not None and not names[m] & chosen:
+                out[m][name] = f"not in datasets.{name}.models"
+                continue
+            reasons = [unreadable(modality[m], r) for r in records]
             out[m][name] = (
                 None
                 if any(r is None for r in reasons)
-                else f"reads {modality}; none of the {len(records)} structures has it ({reasons[0]})"
+                else f"reads {modality[m]}; none of the {len(records)} structures has it ({reasons[0]})"
             )
-    for m, per in out.items():
-        if all(per.values()):
-            where = "; ".join(f"{d}: {why}" for d, why in per.items())
-            raise ValueError(
-                f"model {m!r} cannot embed any dataset of this run ({where}); drop it from models.ids or add a "
-                "dataset it reads."
-            )
-    return out
+    def run_nowhere() -> None:
+        for m, per in out.items():
+            if all(per.values()):
+                where = "; ".join(f"{d}: {why}" for d, why in per.items())
+                raise ValueError(
+                    f"model {m!r} is run on no dataset of this run ({where}); drop it from models.ids or add a "
+                    "dataset it reads."
+                )
+
+    run_nowhere()
+    run_on = {name: [m for m in ids if out[m][name] is None] for name in stages}
+    left_out = {
+        name: f"fewer than two of the run's models run on it ({', '.join(ms) or 'none'})"
+        for name, ms in run_on.items()
+        if len(ms) < 2
+    }
+    if len(left_out) == len(stages):
+        raise ValueError(
+            "; ".join(f"dataset {name!r}: {why}" for name, why in left_out.items())
+            + ": add models that read it to models.ids (or widen its `models` list)."
+        )
+    for per in out.values():
+        for name in left_out:
+            per[name] = per[name] or f"dataset left out: {left_out[name]}"
+    run_nowhere()
+    return out, left_out
 
 
 @dataclasses.dataclass
@@ -467,7 +495,11 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         study[name] = DatasetRun(name, dcfg, ds)
     if stop_after == "dataset":
         return {name: {"dataset": d.summary} for name, d in study.items()}
-    readable = _readable_models({n: d.stage for n, d in study.items()}, cfg["models"])
+    readable, left_out = _readable_models({n: d.stage for n, d in study.items()}, configs, cfg["models"])
+    for name, why in left_out.items():
+        with stage("extraction", name) as e:
+            e["summary"] = f"dataset left out of the study: {why}"
+        del study[name]
 
     for d in study.values():
         with stage("extraction", d.name) as e:

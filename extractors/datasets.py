@@ -14,7 +14,10 @@ is named by a spec string, parsed by :func:`load_dataset`:
 ``qm9:PATH``        QM9 in its original archive format: a directory of ``dsgdb9nsd_*.xyz`` files or the
                     ``.tar``/``.tar.bz2`` archive (SMILES from the file's SMILES line, energy U0 from its property
                     line, converted from hartree to eV).
-``pdb:PATH``        RCSB mmCIF/PDB file or directory: one record per protein chain (sequence and Cα coordinates).
+``proteins``        the embedded protein dataset: 50 single-chain PDB entries shipped by MDAnalysisTests, one record
+                    per chain (sequence, backbone and heavy atoms).
+``pdb:PATH``        RCSB mmCIF/PDB file (``.gz`` too) or directory: one record per protein chain (sequence, Cα and
+                    backbone coordinates).
 ``smiles:PATH``     CSV with a ``smiles`` column (optional ``id`` and ``energy`` columns).
 ==================  =====================================================================================
 
@@ -57,7 +60,9 @@ __all__ = [
     "read_default",
     "read_extxyz",
     "read_extxyz_frames",
+    "proteins_directory",
     "read_pdb",
+    "read_proteins",
     "read_qm9",
     "read_smiles_csv",
     "structure_text",
@@ -433,27 +438,27 @@ def read_qm9(path: str | Path) -> list[Record]:
     return records
 
 
-def _protein_records(structure: Any, stem: str) -> list[Record]:
+def _protein_records(structure: Any, stem: str, *, atoms: bool = False) -> list[Record]:
     from Bio.Data.PDBData import protein_letters_3to1_extended
     from Bio.PDB.Polypeptide import is_aa
 
     out = []
     model = next(iter(structure))  # first model (NMR files hold several)
     for chain in model:
-        seq, ca, backbone, numbers = [], [], [], []
+        seq, ca, backbone, numbers, heavy = [], [], [], [], []
         for res in chain:
-            if res.id[0] != " " and not is_aa(res, standard=False):  # waters, ligands
-                continue
-            if "CA" not in res or not is_aa(res, standard=False):
+            if "CA" not in res or not is_aa(res, standard=False):  # waters, ligands, residues without a CA
                 continue
             seq.append(protein_letters_3to1_extended.get(res.get_resname().upper(), "X"))
             ca.append(res["CA"].coord)
             backbone.append([res[a].coord if a in res else np.full(3, np.nan) for a in BACKBONE_ATOMS])
             numbers.append(res.id[1])
+            heavy.extend((a.element.capitalize(), a.coord) for a in res if a.element not in ("H", "D"))
         if seq:
             out.append(
                 Record(
                     id=f"{stem}_{chain.id}",
+                    atoms=_heavy_atoms(heavy) if atoms else None,
                     sequence="".join(seq),
                     ca_coords=np.asarray(ca, float),
                     backbone_coords=np.asarray(backbone, float),
@@ -461,6 +466,13 @@ def _protein_records(structure: Any, stem: str) -> list[Record]:
                 )
             )
     return out
+
+
+def _heavy_atoms(heavy: list[tuple[str, np.ndarray]]) -> Any:
+    from ase import Atoms
+
+    symbols = [s for s, _ in heavy]
+    return Atoms(symbols=symbols, positions=np.asarray([x for _, x in heavy], float), pbc=False)
 
 
 def backbone(record: Record, atoms: int = 3) -> np.ndarray | None:
@@ -476,29 +488,73 @@ def backbone(record: Record, atoms: int = 3) -> np.ndarray | None:
     return coords[:, :atoms]
 
 
-def read_pdb(path: str | Path) -> list[Record]:
-    """RCSB mmCIF (``.cif``) or PDB (``.pdb``/``.ent``) file, or a directory of them: one record per chain of the
-    first model with its one-letter sequence (non-standard residues mapped, e.g. MSE → M) and Cα coordinates.
-    Waters and ligands are skipped. Ids are ``<file stem>_<chain id>``."""
+#: File endings :func:`read_pdb` reads (gzip-compressed too), and which parser each needs.
+PDB_SUFFIXES = {".cif": "mmCIF", ".pdb": "PDB", ".ent": "PDB"}
+
+
+def _pdb_kind(path: Path) -> tuple[str, str] | None:
+    """(stem, parser kind) of a structure file, ``.gz`` stripped; None for other files."""
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    suffix = Path(name).suffix.lower()
+    return (Path(name).stem, PDB_SUFFIXES[suffix]) if suffix in PDB_SUFFIXES else None
+
+
+def read_pdb(path: str | Path, *, atoms: bool = False, exclude: Sequence[str] = ()) -> list[Record]:
+    """RCSB mmCIF (``.cif``) or PDB (``.pdb``/``.ent``) file, plain or gzip-compressed (``.gz``), or a directory
+    of them: one record per chain of the first model with its one-letter sequence (non-standard residues mapped,
+    e.g. MSE → M), Cα and backbone coordinates. Waters and ligands are skipped. Ids are ``<file stem>_<chain id>``.
+
+    ``atoms=True`` also gives each record the chain's heavy atoms (hydrogens dropped, first alternate location,
+    no cell) as ``Record.atoms``, so structure descriptors such as SOAP read it; ``exclude`` lists file stems to
+    leave out of a directory."""
+    import gzip
     import warnings
 
     from Bio.PDB import MMCIFParser, PDBParser
     from Bio.PDB.PDBExceptions import PDBConstructionWarning
 
     path = Path(path)
-    files = sorted(p for p in path.iterdir() if p.suffix in (".cif", ".pdb", ".ent")) if path.is_dir() else [path]
+    files = sorted(p for p in path.iterdir() if _pdb_kind(p)) if path.is_dir() else [path]
     out = []
     for f in files:
-        parser = MMCIFParser(QUIET=True) if f.suffix == ".cif" else PDBParser(QUIET=True)
+        stem, kind = _pdb_kind(f) or (f.stem, "PDB")
+        if stem in exclude:
+            continue
+        parser = MMCIFParser(QUIET=True) if kind == "mmCIF" else PDBParser(QUIET=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PDBConstructionWarning)
             try:
-                structure = parser.get_structure(f.stem, str(f))
+                with (gzip.open(f, "rt") if f.name.endswith(".gz") else open(f)) as fh:
+                    structure = parser.get_structure(stem, fh)
             except Exception as err:
-                kind = "mmCIF" if f.suffix == ".cif" else "PDB"
                 raise ValueError(f"{f} could not be parsed as {kind}: {err}") from None
-        out.extend(_protein_records(structure, f.stem))
+        out.extend(_protein_records(structure, stem, atoms=atoms))
     return out
+
+
+#: MDAnalysisTests' files in its ``data/dssp`` folder that are not one real chain each: a fragment with wrong
+#: hydrogens and a deliberately broken copy of 1mr1D.
+_NOT_PROTEINS = ("wrong_hydrogens", "1mr1D_failing")
+
+
+def proteins_directory() -> Path:
+    """The folder of real protein structures the embedded protein dataset reads: the 50 single-chain PDB entries
+    (79–173 residues) MDAnalysisTests ships for its secondary-structure tests (``MDAnalysisTests/data/dssp``)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("MDAnalysisTests")  # located, not imported (that imports MDAnalysis)
+    if found is None or not found.submodule_search_locations:
+        raise UsageError(
+            "the embedded protein dataset reads the PDB files of the MDAnalysisTests package, which is not "
+            "installed; install it with `pip install -c constraints.txt -e \".[experiments]\"`."
+        )
+    return Path(list(found.submodule_search_locations)[0]).resolve() / "data" / "dssp"
+
+
+def read_proteins(*, atoms: bool = True) -> list[Record]:
+    """The embedded protein dataset: one record per chain of :func:`proteins_directory`'s 50 PDB entries, read by
+    :func:`read_pdb` (``atoms``: with each chain's heavy atoms, 609–1,444 per chain)."""
+    return read_pdb(proteins_directory(), atoms=atoms, exclude=_NOT_PROTEINS)
 
 
 def read_smiles_csv(
@@ -537,13 +593,13 @@ def _kind_from_path(path: Path) -> str:
     suffixes = "".join(path.suffixes)
     if path.suffix in (".db", ".aselmdb", ".json"):
         return "asedb"
-    if path.suffix in (".cif", ".pdb", ".ent"):
+    if _pdb_kind(path):
         return "pdb"
     if path.suffix == ".csv":
         return "smiles"
     if ".tar" in suffixes or (path.is_dir() and any(path.glob("dsgdb9nsd_*.xyz"))):
         return "qm9"
-    if path.is_dir() and any(p.suffix in (".cif", ".pdb") for p in path.iterdir()):
+    if path.is_dir() and any(_pdb_kind(p) for p in path.iterdir()):
         return "pdb"
     if path.suffix in (".xyz", ".extxyz") or any(
         suffixes.endswith(f"{x}{c}") for x in (".xyz", ".extxyz") for c in (".gz", ".bz2", ".xz")
@@ -564,6 +620,8 @@ def read_dataset(spec: str, *, skip_bad_frames: bool = False, **options: Any) ->
     if spec in ("default", "default:id", "default:ood"):
         split = spec.split(":")[1] if ":" in spec else None
         return DatasetRead(read_default(split=split, **options), [])
+    if spec == "proteins":
+        return DatasetRead(read_proteins(**options), [])
     kind, sep, rest = spec.partition(":")
     if sep and kind in _READERS:
         path = Path(rest)

@@ -61,6 +61,7 @@ __all__ = [
     "find_python",
     "is_current",
     "main",
+    "marker",
     "requirements",
     "spec",
     "spec_hash",
@@ -191,6 +192,15 @@ def find_python(family: str, root: str | os.PathLike | None = None) -> Path | No
     if (directory / MARKER).is_file() and python.exists():
         return python
     return None
+
+
+def marker(family: str, root: str | os.PathLike | None = None) -> dict:
+    """The marker of ``family``'s finished environment (requirements, spec hash, installed ``versions``, creation
+    time and seconds); empty when there is none or it cannot be read."""
+    try:
+        return dict(json.loads((env_dir(family, root) / MARKER).read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
 def _marker_hash(directory: Path) -> str | None:

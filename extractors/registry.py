@@ -20,7 +20,17 @@ from extractors import models
 from extractors.base import WEIGHTS_PATH, Extractor, ModelSpec
 from extractors.faults import UsageError, check_device
 
-__all__ = ["FAMILIES", "available", "base_id", "build_extractor", "get_spec", "layers", "specs", "split_layer"]
+__all__ = [
+    "FAMILIES",
+    "available",
+    "base_id",
+    "build_extractor",
+    "environment",
+    "get_spec",
+    "layers",
+    "specs",
+    "split_layer",
+]
 
 #: Family modules listed first, in this order; any other module in extractors/models/ follows alphabetically.
 _FIRST = ("chgnet", "sevennet", "minilm", "soap", "morgan", "baseline")
@@ -100,6 +110,16 @@ def available(spec: ModelSpec) -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             missing.append(name)
     return missing
+
+
+def environment(spec: ModelSpec) -> str | None:
+    """The declared environment (:mod:`extractors.envs`) ``spec`` runs in when its packages are missing here: its
+    config's ``env`` (e.g. ``fairchem-v1`` for EquiformerV2), else its family's when the family declares one, else
+    None."""
+    from extractors.envs import families
+
+    name = spec.config.get("env") or spec.family
+    return name if name in families() else None
 
 
 def build_extractor(model: str, **options: Any) -> Extractor:

@@ -224,3 +224,71 @@ def test_structure_text():
     si = structure_text(bulk("Si", "diamond", a=5.43))
     assert 'Lattice="0.000 2.715 2.715' in si.splitlines()[1]
     assert Record(id="x", atoms=Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])).n_atoms == 2
+
+
+def test_gzipped_structures_and_heavy_atoms(tmp_path):
+    """``.pdb.gz``/``.cif.gz`` read like the plain files (ids without the endings); ``atoms=True`` gives each chain
+    its heavy atoms (hydrogens dropped), in file order, from the residues its sequence lists."""
+    import gzip
+
+    pytest.importorskip("Bio")
+    from extractors.datasets import read_pdb
+
+    plain = tmp_path / "1tst.pdb"
+    plain.write_text(PDB_TEXT)
+    packed = tmp_path / "gz"
+    packed.mkdir()
+    (packed / "1tst.pdb.gz").write_bytes(gzip.compress(PDB_TEXT.encode()))
+    (packed / "notes.txt").write_text("not a structure")
+    a, b = load_dataset(str(plain)), load_dataset(f"pdb:{packed}")
+    assert [r.id for r in b] == ["1tst_A", "1tst_B"] == [r.id for r in a]
+    np.testing.assert_array_equal(np.nan_to_num(b[0].backbone_coords), np.nan_to_num(a[0].backbone_coords))
+    assert load_dataset(str(packed / "1tst.pdb.gz"))[1].sequence == "KW"
+    h = "ATOM     12  H   LYS B   1       1.100   2.100   3.100  1.00  0.00           H"
+    (tmp_path / "1tsh.pdb").write_text(PDB_TEXT.replace("END", f"{h}\nEND"))
+    heavy = read_pdb(tmp_path / "1tsh.pdb", atoms=True)
+    assert len(heavy[1].atoms) == 3  # N, CA of LYS and CA of TRP: the hydrogen and the water left out
+    lines = [ln for ln in PDB_TEXT.splitlines() if ln.startswith(("ATOM", "HETATM"))]
+    for rec in heavy:
+        chain = rec.id.split("_")[1]
+        rows = [ln for ln in lines if ln[21] == chain and ln[76:78].strip() not in ("H", "D")]
+        rows = [ln for ln in rows if ln[17:20] != "HOH"]
+        expect = np.array([[float(ln[30:38]), float(ln[38:46]), float(ln[46:54])] for ln in rows])
+        np.testing.assert_allclose(rec.atoms.positions, expect, atol=1e-3)
+        assert not rec.atoms.pbc.any() and "H" not in rec.atoms.get_chemical_symbols()
+    assert read_pdb(packed, exclude=("1tst",)) == []
+
+
+def test_embedded_proteins_match_mdanalysis():
+    """The embedded protein dataset: 50 real chains of MDAnalysisTests' data/dssp, each chain's residue count and
+    heavy-atom positions equal to what MDAnalysis (an independent PDB reader) finds in the same file. Several files
+    repeat side-chain atoms (same residue, name and position, no element column): one atom each, not two at zero
+    distance; hydrogens are named by their name when the element column is blank."""
+    mda = pytest.importorskip("MDAnalysis")
+    from extractors.datasets import proteins_directory, read_dataset
+
+    records = read_dataset("proteins").records
+    assert len(records) == 50 and len({r.id for r in records}) == 50
+    assert min(len(r.sequence) for r in records) >= 79 and max(len(r.sequence) for r in records) <= 173
+    repeated = 0
+    for rec in records[::3]:
+        stem, chain = rec.id.rsplit("_", 1)
+        u = mda.Universe(str(proteins_directory() / f"{stem}.pdb.gz"))
+        protein = u.select_atoms(f"protein and chainID {chain}")
+        assert protein.residues.n_residues == len(rec.sequence), rec.id
+        seen, keep, again = set(), [], 0
+        for i, (resid, name) in enumerate(zip(protein.resids, protein.names, strict=True)):
+            if name.lstrip("0123456789").startswith(("H", "D")):
+                continue
+            if (resid, name) in seen:
+                again += 1
+                continue
+            seen.add((resid, name))
+            keep.append(i)
+        repeated += again > 0
+        np.testing.assert_allclose(rec.atoms.positions, protein[keep].positions, atol=1e-3, err_msg=rec.id)
+        np.testing.assert_allclose(rec.ca_coords, protein.select_atoms("name CA").positions, atol=1e-3)
+        assert np.linalg.norm(rec.atoms.positions[:, None] - rec.atoms.positions[None], axis=-1)[
+            np.triu_indices(len(rec.atoms), 1)
+        ].min() > 0.5, rec.id
+    assert repeated  # the sample holds files with repeated atoms

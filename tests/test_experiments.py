@@ -415,9 +415,12 @@ def test_distillation_raises_alignment_and_resumes_bit_exactly(shared: dict[str,
         ),
         (["datasets=none"], "the run has no dataset"),
         (
-            ["datasets.molecules.n=20", "datasets.crystals.n=20", "models.ids=[morgan,random]"],
-            "dataset 'crystals': fewer than two models left",
+            ["datasets=none", "+dataset@datasets.molecules=molecules", "+dataset@datasets.crystals=crystals",
+             "datasets.molecules.models=[morgan]", "models.ids=[morgan,chgnet-0.3.0]"],
+            "dataset 'molecules': fewer than two of the run's models run on it (morgan); dataset 'crystals'",
         ),
+        (["models.envs=off", "models.ids=[random,proteinmpnn-ca]"], "or models.envs=auto to let the app build"),
+        (["models.envs=maybe"], "models.envs must be one of ('auto', 'off'), got 'maybe'"),
     ],
 )
 def test_clear_errors(overrides: list[str], message: str, shared: dict[str, Path], tmp_path: Path) -> None:
@@ -441,8 +444,56 @@ def test_model_reading_no_dataset_of_the_run(shared: dict[str, Path], tmp_path: 
         xla=shared["xla"],
     )
     assert proc.returncode == 2
-    assert "model 'morgan' cannot embed any dataset of this run" in proc.stderr, proc.stderr[-2000:]
+    assert "model 'morgan' is run on no dataset of this run" in proc.stderr, proc.stderr[-2000:]
     assert "default: reads SMILES; none of the" in proc.stderr and "periodic structure: no SMILES" in proc.stderr
+
+
+def test_datasets_with_fewer_than_two_models_are_left_out(shared: dict[str, Path], tmp_path: Path) -> None:
+    """The default study with models that only the molecules hold two of: the crystals (random alone) and the
+    proteins (random alone) are left out with a line saying why; the molecules run."""
+    proc = run_app(
+        "models.ids=[morgan,random]",
+        "datasets.molecules.n=20",
+        "debug.stop_after=extraction",
+        "progress=false",
+        cache=tmp_path / "cache",
+        run_dir=tmp_path / "run",
+        xla=shared["xla"],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("crystals", "proteins"):
+        line = f"[{name}/extraction] dataset left out of the study: fewer than two of the run's models run on it (random)"
+        assert line in proc.stderr, proc.stderr[-3000:]
+    assert "[molecules/extraction] 2 models on 20 structures" in proc.stderr
+
+
+def test_protein_dataset_with_proteinmpnn_in_its_own_environment(shared: dict[str, Path], tmp_path: Path) -> None:
+    """The default study's proteins (real PDB chains shipped by MDAnalysisTests): ProteinMPNN runs in the family
+    environment the app builds or reuses (models.envs=auto), SOAP reads the chains' heavy atoms, and the dataset's
+    `models` list, given by modality, keeps CHGNet off it (CHGNet still runs on the crystals)."""
+    from experiments.cache import read_npz
+    from extractors import envs
+
+    proc = run_app(
+        "datasets=none",
+        "+dataset@datasets.proteins=proteins",
+        "+dataset@datasets.crystals=crystals",
+        "datasets.proteins.n=12",
+        "datasets.crystals.n=12",
+        "models.ids=[proteinmpnn-ca,soap,random,chgnet-0.3.0]",
+        "debug.stop_after=extraction",
+        "progress=false",
+        cache=tmp_path / "cache",
+        run_dir=tmp_path / "run",
+        xla=shared["xla"],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[proteins/extraction] 3 models on 12 structures" in proc.stderr, proc.stderr[-3000:]
+    assert "not read: ['chgnet-0.3.0']" in proc.stderr
+    sidecar = read_json(next((tmp_path / "cache" / "embeddings" / "proteinmpnn-ca").glob("*.json")))
+    assert Path(sidecar["interpreter"]) == envs.find_python("proteinmpnn")
+    soap = [f for f in (tmp_path / "cache" / "embeddings" / "soap").glob("*.npz")]
+    assert sorted(read_npz(f)["features"].shape[0] for f in soap) == [12, 12]
 
 
 # ------------------------------------------------------------------------------------------------- units
@@ -451,7 +502,10 @@ def test_config_composes_both_command_lines() -> None:
 
     with initialize_config_dir(config_dir=str(REPO / "experiments" / "conf"), version_base="1.3"):
         default = compose("config")
-        assert "dataset" not in default and list(default.datasets) == ["molecules", "crystals"]
+        assert "dataset" not in default and list(default.datasets) == ["molecules", "crystals", "proteins"]
+        prot = default.datasets.proteins
+        assert (prot.format, prot.options, prot.n, prot.path) == ("proteins", None, None, None)
+        assert "proteinmpnn-vanilla" in default.models.ids and default.models.envs == "auto"
         mol, cry = default.datasets.molecules, default.datasets.crystals
         assert (mol.distribution, cry.distribution) == ("out", "in")
         assert list(mol.options.collections) == ["g2", "s22"] and list(cry.options.collections) == ["dcdft"]

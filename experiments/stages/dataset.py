@@ -2,7 +2,7 @@
 
 The records are drawn once per (dataset, filters, N, seed) and shared by every model's extraction process, so all
 embeddings describe the same structures in the same order. Readers are those of :mod:`extractors.datasets`
-(``default``, ``extxyz``, ``asedb``, ``qm9``, ``pdb``, ``smiles``); a directory given for ``extxyz`` or ``asedb``
+(``default``, ``proteins``, ``extxyz``, ``asedb``, ``qm9``, ``pdb``, ``smiles``); a directory given for ``extxyz`` or ``asedb``
 is read file by file (OMat24, OMol25 and sAlex ship as directories of ``.aselmdb`` shards). The cache key holds the
 dataset's description, the path's size and modification time (so a changed file is re-read), the filters, N, the
 seed and the reader's package versions. An extended XYZ frame ASE cannot parse stops the run with one line naming the
@@ -36,7 +36,12 @@ __all__ = [
     "records_digest",
 ]
 
-FORMATS = ("default", "extxyz", "asedb", "qm9", "pdb", "smiles")
+FORMATS = ("default", "proteins", "extxyz", "asedb", "qm9", "pdb", "smiles")
+#: Formats read from data shipped with the installed packages (no ``path``): ASE's collections, MDAnalysisTests'
+#: protein structures.
+EMBEDDED = ("default", "proteins")
+#: Packages whose versions decide what a format reads (part of the dataset's cache key).
+_READER_PACKAGES = {"pdb": ("biopython",), "proteins": ("biopython", "MDAnalysisTests")}
 _DIR_PATTERNS = {"extxyz": ("*.xyz", "*.extxyz"), "asedb": ("*.aselmdb", "*.db", "*.json")}
 
 
@@ -87,7 +92,7 @@ def _files(path: Path, fmt: str) -> list[Path]:
 
 def _stat(path: Path, fmt: str) -> list[list[Any]]:
     """(name, size, mtime) of the dataset's files: part of the cache key, so edited data is re-read."""
-    if fmt == "default":
+    if fmt in EMBEDDED:
         return []
     path = _path({"path": str(path)})
     if path.is_dir():
@@ -117,6 +122,8 @@ def read_dataset_files(cfg: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
     if fmt == "default":
         split = cfg.get("split")
         return read_dataset("default" if not split else f"default:{split}", **options).records, []
+    if fmt == "proteins":
+        return read_dataset("proteins", **options).records, []
     path = _path(cfg)
     records: list[Any] = []
     skipped: list[Any] = []
@@ -213,7 +220,7 @@ def _summary(label: str, cfg: Mapping[str, Any], n_read: int, dropped: dict[str,
         "label": label,
         "name": cfg.get("name"),
         "format": cfg.get("format"),
-        "path": None if cfg.get("format") == "default" else str(_path(cfg)),
+        "path": None if cfg.get("format") in EMBEDDED else str(_path(cfg)),
         "n": cfg.get("n"),
         "seed": cfg.get("seed"),
         "filters": dict(cfg.get("filters") or {}),
@@ -248,7 +255,7 @@ def prepare_dataset(cfg: Mapping[str, Any], cache_dir: str | Path) -> tuple[Data
     if n is not None and (isinstance(n, bool) or int(n) < 4):
         raise DatasetError(f"dataset.n={n!r}: the metrics need at least 4 structures (or null for all).")
     filters = dict(cfg.get("filters") or {})
-    path = None if fmt == "default" else str(_path(cfg))
+    path = None if fmt in EMBEDDED else str(_path(cfg))
     key = content_key(
         "dataset",
         {
@@ -262,7 +269,7 @@ def prepare_dataset(cfg: Mapping[str, Any], cache_dir: str | Path) -> tuple[Data
             "filters": filters,
             "n": n,
             "seed": int(cfg.get("seed", 0)),
-            "versions": versions(("ase", "ase-db-backends")),
+            "versions": versions(("ase", "ase-db-backends", *_READER_PACKAGES.get(fmt, ()))),
             "record": [[f.name for f in dataclasses.fields(Record)], BACKBONE_ATOMS],  # the pickle's layout
         },
     )

@@ -35,7 +35,7 @@ from experiments.watchdog import beat, child, terminate_children
 from extractors.faults import child_env, ensure_writable, exclusive_lock
 from extractors.registry import base_id, split_layer
 
-__all__ = ["ExtractionError", "ModelRun", "check_models", "extract_models", "run_child"]
+__all__ = ["ENV_MODES", "ExtractionError", "ModelRun", "check_models", "extract_models", "model_interpreters", "run_child"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,14 +59,27 @@ class ModelRun:
     unread: str | None = None
 
 
-def check_models(ids: Sequence[str], pythons: Mapping[str, str]) -> dict[str, Any]:
+#: ``models.envs``: ``auto`` builds a missing model's declared environment; ``off`` never builds one.
+ENV_MODES = ("auto", "off")
+
+
+def _env_mode(envs: Any) -> str:
+    mode = ("auto" if envs else "off") if isinstance(envs, bool) or envs is None else envs
+    if mode not in ENV_MODES:
+        raise ExtractionError(f"models.envs must be one of {ENV_MODES}, got {envs!r}.")
+    return str(mode)
+
+
+def check_models(ids: Sequence[str], pythons: Mapping[str, str], *, envs: Any = "auto") -> dict[str, Any]:
     """Validate the model ids against the registry before anything runs; returns id → ModelSpec.
 
-    Unknown ids, duplicates and models whose packages are missing here (and that have no interpreter in
-    ``models.python``) are errors naming the fix.
+    Unknown ids, duplicates and models whose packages are missing here, that have no interpreter in
+    ``models.python`` and (with ``envs="off"``, or for a family that declares none) no environment the app can
+    build, are errors naming the fix.
     """
-    from extractors.registry import available, get_spec, specs
+    from extractors.registry import available, environment, get_spec, specs
 
+    mode = _env_mode(envs)
     table = specs()
     if not ids:
         raise ExtractionError("models.ids is empty; list at least two models (see `python -m extractors list`).")
@@ -81,16 +94,60 @@ def check_models(ids: Sequence[str], pythons: Mapping[str, str]) -> dict[str, An
             "is written MODEL@LAYER)."
         )
     for m in ids:
-        missing = available(table[base_id(m)])
-        if missing and m not in pythons and base[m] not in pythons:
+        spec = table[base_id(m)]
+        missing = available(spec)
+        if not missing or m in pythons or base[m] in pythons:
+            continue
+        env = environment(spec)
+        if env is None or mode == "off":
+            built = f"; or models.envs=auto to let the app build its {env!r} environment" if env else ""
             raise ExtractionError(
                 f"model {m!r} needs {missing}, missing from this interpreter; install them or give an interpreter "
-                f"that has them: models.python.{m}=/path/to/env/bin/python."
+                f"that has them: models.python.{m}=/path/to/env/bin/python{built}."
             )
     return {m: get_spec(base[m]) for m in ids}
 
 
-def _key(spec: Any, dataset: DatasetStage, layer: str, options: Mapping[str, Any], extraction: Mapping) -> str:
+def model_interpreters(
+    ids: Sequence[str], specs: Mapping[str, Any], pythons: Mapping[str, str], *, envs: Any = "auto"
+) -> dict[str, tuple[str, dict[str, str] | None]]:
+    """id → (interpreter, package versions or None) for every model: ``models.python`` when given; this
+    interpreter when it has the model's packages (versions None: read here); else the model's declared environment
+    (:func:`extractors.registry.environment`), created once under ``$JAXALIGN_ENVS`` (locked, so concurrent runs
+    take turns; rebuilt when its pins change; ``python -m extractors.envs create NAME`` builds it ahead) with the
+    versions its marker records. Call :func:`check_models` first."""
+    from extractors import envs as family_envs
+    from extractors.registry import available, environment
+
+    mode = _env_mode(envs)
+    out: dict[str, tuple[str, dict[str, str] | None]] = {}
+    built: dict[str, tuple[str, dict[str, str]]] = {}
+    for m in ids:
+        given = pythons.get(m) or pythons.get(split_layer(m)[0])
+        spec = specs[m]
+        if given or not available(spec) or mode == "off":
+            out[m] = (str(given or sys.executable), None)
+            continue
+        name = environment(spec)
+        if name not in built:
+            if not family_envs.is_current(name):
+                where = family_envs.env_dir(name)
+                print(f"[extraction] building the {name!r} environment for {m} at {where} (once; 1-2 min)",
+                      file=sys.stderr)
+            python = family_envs.create(name)
+            built[name] = (str(python), family_envs.marker(name).get("versions", {}))
+        out[m] = built[name]
+    return out
+
+
+def _key(
+    spec: Any,
+    dataset: DatasetStage,
+    layer: str,
+    options: Mapping[str, Any],
+    extraction: Mapping,
+    env_versions: Mapping[str, str] | None,
+) -> str:
     from extractors.base import versions
     from extractors.embedding_file import FORMAT
 
@@ -103,7 +160,7 @@ def _key(spec: Any, dataset: DatasetStage, layer: str, options: Mapping[str, Any
             "config": spec.config,
             "layer": layer,
             "options": dict(options),
-            "versions": versions(spec.packages),
+            "versions": dict(env_versions) if env_versions is not None else versions(spec.packages),
             "format": FORMAT,
             "atom_features": bool(extraction.get("atom_features", True)),
         },
@@ -281,7 +338,9 @@ def extract_models(
     """
     ids = list(models["ids"])
     pythons = dict(models.get("python") or {})
-    specs = check_models(ids, pythons)
+    envs = models.get("envs", "auto")
+    specs = check_models(ids, pythons, envs=envs)
+    interpreters = model_interpreters([m for m in ids if m not in (unread or {})], specs, pythons, envs=envs)
     layers = dict(models.get("layers") or {})
     all_options = dict(models.get("options") or {})
     jobs = max(1, int(extraction.get("jobs", 1)))
@@ -296,16 +355,17 @@ def extract_models(
             raise ExtractionError(f"model {m!r} names its layer in its id; drop models.layers.{m}.")
         layer = named or str(layers.get(m, models.get("layer", "last")))
         options = dict(all_options.get(m) or all_options.get(base) or {})
-        key = _key(specs[m], dataset, layer, options, extraction)
+        python, env_versions = interpreters.get(m, (sys.executable, None))
+        key = _key(specs[m], dataset, layer, options, extraction, env_versions)
         out_dir = Path(cache_dir) / "embeddings" / m
-        plans.append((m, layer, options, key, out_dir))
+        plans.append((m, layer, options, key, out_dir, python))
 
     def cached(m: str, key: str, path: Path) -> ModelRun:
         sidecar = path.with_suffix(".json")
         return ModelRun(m, specs[m].family, key, path, True, read_json(sidecar) if sidecar.exists() else {})
 
     def run(plan: tuple) -> ModelRun:
-        m, layer, options, key, out_dir = plan
+        m, layer, options, key, out_dir, python = plan
         if m in (unread or {}):
             return ModelRun(m, specs[m].family, key, None, False, {}, unread=unread[m])
         path = out_dir / f"{key}.npz"
@@ -327,7 +387,7 @@ def extract_models(
                     key,
                     layer=layer,
                     options=options,
-                    python=pythons.get(m) or pythons.get(split_layer(m)[0]) or sys.executable,
+                    python=python,
                     extraction=extraction,
                     progress=progress and jobs == 1,
                 )

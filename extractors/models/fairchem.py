@@ -87,6 +87,7 @@ SPECS = spec_table(
     packages=_PACKAGES,
     generation=1,
     task=None,
+    env="fairchem-v1",
 )
 
 _RADIUS = 6.0  # FAIRChemCalculator's graph radius
