@@ -298,6 +298,7 @@ def _readable_models(
                 if any(r is None for r in reasons)
                 else f"reads {modality[m]}; none of the {len(records)} structures has it ({reasons[0]})"
             )
+
     def run_nowhere() -> None:
         for m, per in out.items():
             if all(per.values()):

@@ -55,12 +55,12 @@ __all__ = [
     "checked_frames",
     "filter_records",
     "load_dataset",
+    "proteins_directory",
     "read_asedb",
     "read_dataset",
     "read_default",
     "read_extxyz",
     "read_extxyz_frames",
-    "proteins_directory",
     "read_pdb",
     "read_proteins",
     "read_qm9",
@@ -524,7 +524,7 @@ def read_pdb(path: str | Path, *, atoms: bool = False, exclude: Sequence[str] = 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PDBConstructionWarning)
             try:
-                with (gzip.open(f, "rt") if f.name.endswith(".gz") else open(f)) as fh:
+                with gzip.open(f, "rt") if f.name.endswith(".gz") else open(f) as fh:
                     structure = parser.get_structure(stem, fh)
             except Exception as err:
                 raise ValueError(f"{f} could not be parsed as {kind}: {err}") from None
@@ -546,9 +546,9 @@ def proteins_directory() -> Path:
     if found is None or not found.submodule_search_locations:
         raise UsageError(
             "the embedded protein dataset reads the PDB files of the MDAnalysisTests package, which is not "
-            "installed; install it with `pip install -c constraints.txt -e \".[experiments]\"`."
+            'installed; install it with `pip install -c constraints.txt -e ".[experiments]"`.'
         )
-    return Path(list(found.submodule_search_locations)[0]).resolve() / "data" / "dssp"
+    return Path(next(iter(found.submodule_search_locations))).resolve() / "data" / "dssp"
 
 
 def read_proteins(*, atoms: bool = True) -> list[Record]:

@@ -229,6 +229,9 @@ MODEL_META: dict[str, dict[str, Any]] = {
     "pet-omol-s": _OMOL,
     "pet-spice-s": {"training_data": ("SPICE",), "level_of_theory": "ωB97M-D3(BJ)"},
     "dpa-3.1-3m-mptrj": {"training_data": ("OpenLAM", "MPtrj head")},
+    "dpa-3.1-3m-oc20": {"training_data": ("OpenLAM", "OC20 head"), "level_of_theory": "RPBE"},
+    "dpa-3.1-3m-odac": {"training_data": ("OpenLAM", "ODAC23 head"), "level_of_theory": "PBE-D3"},
+    "dpa-3.1-3m-spice": {"training_data": ("OpenLAM", "SPICE2 head"), "level_of_theory": "ωB97M-D3(BJ)"},
     "minilm-text": {"modality": "text"},
     "molformer-xl": {
         "training_data": ("ZINC", "PubChem"),

@@ -288,7 +288,10 @@ def test_embedded_proteins_match_mdanalysis():
         repeated += again > 0
         np.testing.assert_allclose(rec.atoms.positions, protein[keep].positions, atol=1e-3, err_msg=rec.id)
         np.testing.assert_allclose(rec.ca_coords, protein.select_atoms("name CA").positions, atol=1e-3)
-        assert np.linalg.norm(rec.atoms.positions[:, None] - rec.atoms.positions[None], axis=-1)[
-            np.triu_indices(len(rec.atoms), 1)
-        ].min() > 0.5, rec.id
+        assert (
+            np.linalg.norm(rec.atoms.positions[:, None] - rec.atoms.positions[None], axis=-1)[
+                np.triu_indices(len(rec.atoms), 1)
+            ].min()
+            > 0.5
+        ), rec.id
     assert repeated  # the sample holds files with repeated atoms

@@ -35,7 +35,15 @@ from experiments.watchdog import beat, child, terminate_children
 from extractors.faults import child_env, ensure_writable, exclusive_lock
 from extractors.registry import base_id, split_layer
 
-__all__ = ["ENV_MODES", "ExtractionError", "ModelRun", "check_models", "extract_models", "model_interpreters", "run_child"]
+__all__ = [
+    "ENV_MODES",
+    "ExtractionError",
+    "ModelRun",
+    "check_models",
+    "extract_models",
+    "model_interpreters",
+    "run_child",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,8 +140,10 @@ def model_interpreters(
         if name not in built:
             if not family_envs.is_current(name):
                 where = family_envs.env_dir(name)
-                print(f"[extraction] building the {name!r} environment for {m} at {where} (once; 1-2 min)",
-                      file=sys.stderr)
+                print(
+                    f"[extraction] building the {name!r} environment for {m} at {where} (once; 1-2 min)",
+                    file=sys.stderr,
+                )
             python = family_envs.create(name)
             built[name] = (str(python), family_envs.marker(name).get("versions", {}))
         out[m] = built[name]

@@ -1,5 +1,6 @@
 """DPA-3 (Zhang et al., arXiv:2506.01686; deepmd-kit, PyTorch backend); weights are local ``.pt`` checkpoints such as
-the multi-task ``DPA-3.1-3M.pt`` (OpenLAM), read through a head (``OMat24`` by default for the OMat24 fine-tune).
+the multi-task ``DPA-3.1-3M.pt`` (OpenLAM), read through a head: ``Omat24``, ``MP_traj_v024_alldata_mixu``,
+``OC20M``, ``ODAC23`` and ``SPICE2`` are the branches of seed 003 Fig. S4.
 
 Loading is the library's own: ``DeepPot(FILE, head=HEAD)`` (what ``deepmd.calculator.DP(model=FILE, head=HEAD)``
 builds) reads the checkpoint's ``model_params``, keeps the chosen branch of a multi-task model, builds it with
@@ -44,8 +45,11 @@ ENV_REQUIREMENTS = ("deepmd-kit==3.2.0", "mpich", "e3nn>=0.5.9", "vesin[torch]")
 
 _PACKAGES = ("deepmd-kit", "torch", "ase")
 _ROWS = (
-    ("dpa-3.1-3m-omat24", "DPA-3.1-3M.pt", "OMat24", "DPA-3.1-3M (OpenLAM multi-task), OMat24 head"),
+    ("dpa-3.1-3m-omat24", "DPA-3.1-3M.pt", "Omat24", "DPA-3.1-3M (OpenLAM multi-task), OMat24 head"),
     ("dpa-3.1-3m-mptrj", "DPA-3.1-3M.pt", "MP_traj_v024_alldata_mixu", "DPA-3.1-3M, MPtrj head"),
+    ("dpa-3.1-3m-oc20", "DPA-3.1-3M.pt", "OC20M", "DPA-3.1-3M, OC20 head (seed 003 Fig. S4)"),
+    ("dpa-3.1-3m-odac", "DPA-3.1-3M.pt", "ODAC23", "DPA-3.1-3M, ODAC23 head (seed 003 Fig. S4)"),
+    ("dpa-3.1-3m-spice", "DPA-3.1-3M.pt", "SPICE2", "DPA-3.1-3M, SPICE2 head (seed 003 Fig. S4)"),
     ("dpa3", None, None, "any deepmd-kit PyTorch checkpoint (--opt weights=PATH [head=NAME])"),
 )
 SPECS = spec_table("dpa3", ("checkpoint", "head"), _ROWS, status=WEIGHTS_PATH, packages=_PACKAGES)
