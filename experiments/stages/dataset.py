@@ -1,13 +1,13 @@
 """Stage 1 — the dataset: read, filter, draw the seeded subsample of N, pickle the records, summarise.
 
 The records are drawn once per (dataset, filters, N, seed) and shared by every model's extraction process, so all
-embeddings describe the same structures in the same order. Readers are those of :mod:`extractors.datasets`
-(``default``, ``proteins``, ``extxyz``, ``asedb``, ``qm9``, ``pdb``, ``smiles``); a directory given for ``extxyz``
-or ``asedb`` is read file by file (OMat24, OMol25 and sAlex ship as directories of ``.aselmdb`` shards). The cache
-key holds the dataset's description, the path's size and modification time (so a changed file is re-read), the filters, N, the
-seed and the reader's package versions. An extended XYZ frame ASE cannot parse stops the run with one line naming the
-file, frame and line, unless ``dataset.skip_bad_frames=true``: then it is left out, counted among the dropped records
-and listed in the summary (``skipped_frames``).
+embeddings describe the same structures in the same order. Readers are those of :mod:`extractors.datasets` (``default``,
+``proteins``, ``extxyz``, ``asedb``, ``qm9``, ``pdb``, ``smiles``); a directory given for ``extxyz`` or ``asedb`` is
+read file by file (OMat24, OMol25 and sAlex ship as directories of ``.aselmdb`` shards). The cache key holds the
+dataset's description, the path's size and modification time (so a changed file is re-read), the filters, N, the seed
+and the reader's package versions. An extended XYZ frame ASE cannot parse stops the run with one line naming the file,
+frame and line, unless ``dataset.skip_bad_frames=true``: then it is left out, counted among the dropped records and
+listed in the summary (``skipped_frames``).
 """
 
 from __future__ import annotations
