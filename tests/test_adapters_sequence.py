@@ -108,7 +108,7 @@ def chemberta_dir(tmp_path_factory):
     return path
 
 
-def _roberta_reference(path, texts):
+def _roberta_reference(path, texts, index=-1):
     import torch
     from transformers import AutoTokenizer, RobertaForMaskedLM
 
@@ -118,7 +118,7 @@ def _roberta_reference(path, texts):
     for t in texts:
         enc = tok(t, return_tensors="pt")
         with torch.no_grad():
-            out.append(_manual_mean(model(**enc, output_hidden_states=True).hidden_states[-1]))
+            out.append(_manual_mean(model(**enc, output_hidden_states=True).hidden_states[index]))
     return np.stack(out)
 
 
@@ -150,12 +150,45 @@ def test_chemberta_bad_smiles(chemberta_dir):
     assert ext.check(Record(id="empty")) is not None
 
 
-def test_hf_layer_rejected(chemberta_dir):
-    from extractors.models import hf_chem
+def test_transformer_hidden_layers(chemberta_dir, prostt5_dir, llm_dir):
+    """``hidden<k>`` of every transformers family: the library's ``hidden_states[k]`` under the family's pooling
+    (k = 1 against RoBERTa's own output), equal to ``last`` at k = number of blocks, different at k = 0; k past the
+    blocks and unknown layer names are errors naming the choices."""
+    from extractors import Record
+    from extractors.models import hf_chem, hf_llm, prostt5
     from extractors.registry import get_spec
 
-    with pytest.raises(ValueError, match="layer='last'"):
-        hf_chem.build(get_spec("chemberta-77m-mlm"), weights=str(chemberta_dir), layer="backbone")
+    records = _records()
+    chem = get_spec("chemberta-77m-mlm")
+    last = np.stack([e.features for e in hf_chem.build(chem, weights=str(chemberta_dir)).embed(records)])
+    first = hf_chem.build(chem, weights=str(chemberta_dir), layer="hidden1")
+    feats = np.stack([e.features for e in first.embed(records)])
+    np.testing.assert_allclose(feats, _roberta_reference(chemberta_dir, first.texts(records), index=1), atol=ATOL)
+    top = hf_chem.build(chem, weights=str(chemberta_dir), layer="hidden2")
+    np.testing.assert_allclose(np.stack([e.features for e in top.embed(records)]), last, atol=ATOL)
+    assert not np.allclose(feats, last, atol=1e-3)
+    with pytest.raises(ValueError, match=r"has 2 blocks: layer hidden<k> takes k from 0 to 2, got 3"):
+        hf_chem.build(chem, weights=str(chemberta_dir), layer="hidden3")
+    with pytest.raises(ValueError, match=r"offers layer 'last': .*'hidden<k>'.*got layer='backbone'"):
+        hf_chem.build(chem, weights=str(chemberta_dir), layer="backbone")
+
+    proteins = [Record(id="a", sequence="MKTAYIAKQR"), Record(id="c", sequence="MKTAYIAKQRQISFVKSHFSRQ")]
+    spec = get_spec("prostt5")
+    out = {
+        layer: np.stack(
+            [e.features for e in prostt5.build(spec, weights=str(prostt5_dir), layer=layer).embed(proteins)]
+        )
+        for layer in ("last", "hidden2", "hidden0")
+    }
+    np.testing.assert_allclose(out["hidden2"], out["last"], atol=ATOL)
+    assert not np.allclose(out["hidden0"], out["last"], atol=1e-3)
+
+    llm = get_spec("deepseek-r1-llama-8b")
+    a, b = (
+        np.stack([e.features for e in hf_llm.build(llm, weights=str(llm_dir), dtype="float32", layer=x).embed(records)])
+        for x in ("last", "hidden2")
+    )
+    np.testing.assert_allclose(b, a, atol=ATOL)
 
 
 def test_runner_writes_language_model_file(chemberta_dir, tmp_path):

@@ -189,6 +189,19 @@ def test_minilm_smiles_matches_sentence_transformers(minilm):
     assert "lowercases" in minilm.info()["note"]
 
 
+def test_minilm_hidden_layers(minilm):
+    """all-MiniLM-L6-v2's six blocks: ``hidden6`` is the sentence embedding (``last``), ``hidden0`` the normalised
+    mean of the token embeddings, ``hidden7`` an error."""
+    texts = ["CCO", "c1ccccc1", "O"]
+    six = build_extractor("minilm-smiles", layer="hidden6").encode(texts).numpy()
+    np.testing.assert_allclose(six, minilm.encode(texts).numpy(), atol=1e-6)
+    zero = build_extractor("minilm-smiles", layer="hidden0").encode(texts).numpy()
+    np.testing.assert_allclose(np.linalg.norm(zero, axis=1), 1.0, atol=1e-6)
+    assert not np.allclose(zero, six, atol=1e-3)
+    with pytest.raises(ValueError, match="takes k from 0 to 6, got 7"):
+        build_extractor("minilm-smiles", layer="hidden7")
+
+
 def test_minilm_text_and_smiles_from_3d(minilm, records):
     from extractors.datasets import structure_text
 

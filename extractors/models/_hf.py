@@ -6,12 +6,17 @@ transformers are imported inside the functions, so importing this module costs n
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
+    "HIDDEN_LAYER",
     "PADDED_CHARS_PER_CHUNK",
+    "check_hidden_layer",
     "encode_by_length",
+    "hidden_layer",
+    "hidden_state",
     "length_sorted_chunks",
     "load_model",
     "load_tokenizer",
@@ -123,3 +128,39 @@ def encode_by_length(encode: Callable[[list[str]], Any], texts: Sequence[str], b
     parts = [encode([texts[i] for i in chunk]) for chunk in chunks]
     order = torch.tensor([i for chunk in chunks for i in chunk])
     return torch.cat(parts)[torch.argsort(order)]
+
+
+#: The layer name of a transformer's k-th hidden state (``LAYERS`` entry of every transformers family).
+HIDDEN_LAYER = "hidden<k>"
+_HIDDEN = re.compile(r"^hidden(\d+)$")
+
+
+def hidden_layer(spec_id: str, layer: str, layers: dict[str, str]) -> int | None:
+    """The hidden-state index a transformers family reads for ``layer``: None for ``"last"`` (the model's
+    ``last_hidden_state``), ``k`` for ``"hidden<k>"`` (``hidden_states[k]``: 0 the token embeddings, k the output of
+    block k); ValueError naming ``layers`` otherwise. :func:`check_hidden_layer` bounds k once the model is loaded."""
+    if layer == "last":
+        return None
+    match = _HIDDEN.match(str(layer))
+    if match is None:
+        offered = "; ".join(f"{name!r}: {what}" for name, what in layers.items())
+        raise ValueError(f"{spec_id} offers layer {offered}; got layer={layer!r}.")
+    return int(match.group(1))
+
+
+def check_hidden_layer(spec_id: str, index: int | None, model: Any) -> None:
+    """ValueError when ``hidden<index>`` is past the loaded ``model``'s blocks (``hidden_states`` holds the
+    embeddings and one entry per block: indices 0 … number of blocks)."""
+    if index is None:
+        return
+    config = model.config
+    blocks = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None)
+    if blocks is not None and index > int(blocks):
+        raise ValueError(f"{spec_id} has {blocks} blocks: layer hidden<k> takes k from 0 to {blocks}, got {index}.")
+
+
+def hidden_state(model: Any, index: int | None, **inputs: Any) -> Any:
+    """The (batch, tokens, d) hidden state ``model(**inputs)`` gives at ``index`` (:func:`hidden_layer`): its
+    ``last_hidden_state`` for None, else ``hidden_states[index]``. Call under ``torch.no_grad()``."""
+    out = model(**inputs, output_hidden_states=index is not None)
+    return out.last_hidden_state if index is None else out.hidden_states[index]

@@ -27,12 +27,25 @@ from typing import Any
 from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
 from extractors.chem import record_smiles
 from extractors.datasets import Record
-from extractors.models._hf import encode_by_length, load_model, load_tokenizer, masked_mean, resolve_weights
+from extractors.models._hf import (
+    HIDDEN_LAYER,
+    check_hidden_layer,
+    encode_by_length,
+    hidden_layer,
+    hidden_state,
+    load_model,
+    load_tokenizer,
+    masked_mean,
+    resolve_weights,
+)
 
 __all__ = ["LAYERS", "SPECS", "HFChemExtractor", "build", "canonical_smiles", "model_inputs"]
 
 #: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
-LAYERS = {"last": "last hidden state, mean over tokens"}
+LAYERS = {
+    "last": "last hidden state, mean over tokens",
+    HIDDEN_LAYER: "hidden state k (0 = token embeddings … number of blocks), mean over tokens",
+}
 
 _PACKAGES = ("transformers", "tokenizers", "torch", "rdkit")
 
@@ -102,8 +115,7 @@ class HFChemExtractor(Extractor):
         max_length: int = 512,
         canonical: bool = True,
     ) -> None:
-        if layer != "last":
-            raise ValueError(f"{spec.id} offers layer='last' (last hidden state), got {layer!r}.")
+        self.hidden = hidden_layer(spec.id, layer, LAYERS)
         super().__init__(spec, layer=layer, device=device, dtype=dtype, max_length=max_length, canonical=canonical)
         self.path = resolve_weights(weights, spec.config["hub_id"])
         remote = bool(spec.config.get("trust_remote_code", False))
@@ -115,6 +127,7 @@ class HFChemExtractor(Extractor):
             trust_remote_code=remote,
             config_overrides=spec.config.get("config_overrides"),
         )
+        check_hidden_layer(spec.id, self.hidden, self.model)
         self.device = device
         self.input = spec.config["input"]
         self.canonical = bool(canonical)
@@ -140,7 +153,7 @@ class HFChemExtractor(Extractor):
         ids = enc["input_ids"].to(self.model.device)
         mask = enc["attention_mask"].to(self.model.device)
         with torch.no_grad():
-            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = hidden_state(self.model, self.hidden, input_ids=ids, attention_mask=mask)
         return masked_mean(hidden, mask)
 
     def embed(self, records: Sequence[Record]) -> list[Embedded]:

@@ -33,7 +33,17 @@ import numpy as np
 
 from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
 from extractors.datasets import Record
-from extractors.models._hf import encode_by_length, load_model, load_tokenizer, masked_mean, resolve_weights
+from extractors.models._hf import (
+    HIDDEN_LAYER,
+    check_hidden_layer,
+    encode_by_length,
+    hidden_layer,
+    hidden_state,
+    load_model,
+    load_tokenizer,
+    masked_mean,
+    resolve_weights,
+)
 from extractors.models.hf_chem import model_inputs
 
 __all__ = [
@@ -53,7 +63,10 @@ __all__ = [
 ]
 
 #: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
-LAYERS = {"last": "last hidden state, mean over the input's tokens"}
+LAYERS = {
+    "last": "last hidden state, mean over the input's tokens",
+    HIDDEN_LAYER: "hidden state k (0 = token embeddings … number of blocks), mean over the input's tokens",
+}
 
 #: Seed 000 App. B.2, "Default System Prompt" (line breaks as rendered in the paper; its PDF does not preserve
 #: the exact whitespace).
@@ -174,8 +187,7 @@ class LLMExtractor(Extractor):
         max_length: int = 8192,
         template_date: str = TEMPLATE_DATE,
     ) -> None:
-        if layer != "last":
-            raise ValueError(f"{spec.id} offers layer='last' (last hidden state), got {layer!r}.")
+        self.hidden = hidden_layer(spec.id, layer, LAYERS)
         prompt = prompt or spec.config["prompt"]
         input = input or spec.config["input"]
         if input not in ("smiles", "atomistic"):
@@ -200,6 +212,7 @@ class LLMExtractor(Extractor):
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"tokenizer at {self.path} has no chat template; cannot place the system prompt.")
         self.model = load_model(self.path, dtype=dtype, device=device, device_map=device_map)
+        check_hidden_layer(spec.id, self.hidden, self.model)
         self.prompt = prompt
         self.input = input
         self.max_length = int(max_length)
@@ -243,7 +256,7 @@ class LLMExtractor(Extractor):
         ids = enc["input_ids"].to(device)
         mask = enc["attention_mask"].to(device)
         with torch.no_grad():
-            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = hidden_state(self.model, self.hidden, input_ids=ids, attention_mask=mask)
         return masked_mean(hidden, mask)
 
     def embed(self, records: Sequence[Record]) -> list[Embedded]:

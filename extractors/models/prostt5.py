@@ -25,12 +25,25 @@ from typing import Any
 
 from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec
 from extractors.datasets import Record, backbone
-from extractors.models._hf import encode_by_length, load_model, load_tokenizer, masked_mean, resolve_weights
+from extractors.models._hf import (
+    HIDDEN_LAYER,
+    check_hidden_layer,
+    encode_by_length,
+    hidden_layer,
+    hidden_state,
+    load_model,
+    load_tokenizer,
+    masked_mean,
+    resolve_weights,
+)
 
 __all__ = ["AA_PREFIX", "FOLD_PREFIX", "LAYERS", "SPECS", "ProstT5Extractor", "build", "model_input", "three_di"]
 
 #: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
-LAYERS = {"last": "the encoder's last hidden state, mean over residues"}
+LAYERS = {
+    "last": "the encoder's last hidden state, mean over residues",
+    HIDDEN_LAYER: "the encoder's hidden state k (0 = token embeddings … 24 blocks), mean over residues",
+}
 
 AA_PREFIX = "<AA2fold>"
 FOLD_PREFIX = "<fold2AA>"
@@ -92,14 +105,14 @@ class ProstT5Extractor(Extractor):
         dtype: str = "float32",
         max_residues: int = 4000,
     ) -> None:
-        if layer != "last":
-            raise ValueError(f"{spec.id} offers layer='last' (encoder's last hidden state), got {layer!r}.")
+        self.hidden = hidden_layer(spec.id, layer, LAYERS)
         if max_residues < 1:
             raise ValueError(f"`max_residues` must be positive, got {max_residues}.")
         super().__init__(spec, layer=layer, device=device, dtype=dtype, max_residues=max_residues)
         self.path = resolve_weights(weights, spec.config["hub_id"])
         self.tokenizer = load_tokenizer(self.path, do_lower_case=False)
         self.model = load_model(self.path, auto_class="T5EncoderModel", dtype=dtype, device=device)
+        check_hidden_layer(spec.id, self.hidden, self.model)
         self.max_residues = int(max_residues)
         self.kind = spec.config["input"]
         if self.kind == "3di":
@@ -135,7 +148,8 @@ class ProstT5Extractor(Extractor):
         residues[torch.arange(len(seqs)), lengths - 1] = 0  # </s>
         device = self.model.device
         with torch.no_grad():
-            hidden = self.model(input_ids=enc["input_ids"].to(device), attention_mask=mask.to(device)).last_hidden_state
+            ids, on = enc["input_ids"].to(device), mask.to(device)
+            hidden = hidden_state(self.model, self.hidden, input_ids=ids, attention_mask=on)
         return masked_mean(hidden, residues)
 
     def embed(self, records: Sequence[Record]) -> list[Embedded]:
