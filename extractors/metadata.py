@@ -166,6 +166,7 @@ MODEL_META: dict[str, dict[str, Any]] = {
     "orb-v3-direct-inf-mpa": {"training_data": _MPA},
     "orb-v3-conservative-20-mpa": {"training_data": _MPA},
     "orb-v3-direct-20-mpa": {"training_data": _MPA},
+    "orb-v3-direct-20-omat-randomized": {"training_data": (), "level_of_theory": "—"},  # random weights
     "orb-v3-conservative-omol": _OMOL,
     "orb-v3-direct-omol": _OMOL,
     "orb-v2": {"training_data": ("MPtrj", "Alexandria"), "citation": "Neumann et al., arXiv:2410.22570 (2024)"},

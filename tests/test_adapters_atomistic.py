@@ -34,6 +34,7 @@ from ase.build import bulk, molecule
 
 from extractors import Record, build_extractor, envs, run_extraction
 from extractors.embedding_file import read_npz
+from extractors.faults import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENERGY_RTOL, ENERGY_ATOL = 1e-5, 1e-5  # the adapter's energy vs the library calculator's (float32 models)
@@ -289,10 +290,35 @@ def test_inner_orb_features(orb_file, records, tmp_path):
             e.atom_features, seen[0]["node_features"].numpy(), rtol=FEATURE_RTOL, atol=FEATURE_ATOL
         )
     _check_file(ext, "orb-v3-direct-20-omat", records, tmp_path, unsupported=False)
-    try:  # no released checkpoint in cached_path's cache → a clear error naming the option
+    # no released checkpoint in cached_path's cache → a clear error naming the option (and no download attempt)
+    with pytest.raises(UsageError, match=r"no local checkpoint\. Download https://.*--opt weights=PATH"):
         build_extractor("orb-v3-conservative-inf-omat")
-    except FileNotFoundError as err:
-        assert "--opt weights=PATH" in str(err)
+
+
+def test_inner_orb_randomized(orb_file, records):
+    """Seed 000's "Orb V3 OMat Direct 20 Randomized": the library's direct-20 OMat architecture (25,644,479
+    parameters, the table's count) with seeded random weights; a seed gives the same model (the file the fixture
+    saved under seed 0 holds the same weights), another seed another; no weights file is taken."""
+    import torch
+
+    ext = build_extractor("orb-v3-direct-20-omat-randomized")
+    assert sum(p.numel() for p in ext.model.parameters()) == 25_644_479
+    assert ext.model.system_config.max_num_neighbors == 20 and ext.model.system_config.radius == 6.0
+    saved = torch.load(orb_file, weights_only=True)
+    state = ext.model.state_dict()
+    assert all(torch.equal(state[k], saved[k]) for k in saved)
+    emb = _check_common(ext, records, 256)
+    np.testing.assert_allclose(
+        emb[0].features,
+        build_extractor("orb-v3-direct-20-omat", weights=str(orb_file)).embed(records[:1])[0].features,
+        rtol=FEATURE_RTOL,
+        atol=FEATURE_ATOL,
+    )
+    other = build_extractor("orb-v3-direct-20-omat-randomized", seed=1).embed(records[:1])[0].features
+    assert not np.allclose(other, emb[0].features, atol=1e-3)
+    assert ext.info()["weights"] is None
+    with pytest.raises(ValueError, match="takes no weights file"):
+        build_extractor("orb-v3-direct-20-omat-randomized", weights=str(orb_file))
 
 
 # --------------------------------------------------------------------------------------------------- fairchem

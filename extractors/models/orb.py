@@ -11,7 +11,10 @@ own ``predict`` (the call ``ORBCalculator`` makes), which also gives the energy.
 ``ase_atoms_to_atom_graphs`` + ``batch_graphs``. Conservative models differentiate the energy for forces inside
 ``predict``, so their pass runs with gradients enabled. OMol25 models condition on total charge and spin
 multiplicity: ``atoms.info["charge"]``/``["spin"]``, defaulting to the ``charge``/``spin`` options (0 and 1).
-orb-models ≥ 0.6 needs Python ≥ 3.12; on Python 3.11 the newest is 0.5.5 (``python -m extractors.envs create orb``).
+``orb-v3-direct-20-omat-randomized`` (seed 000's "Orb V3 OMat Direct 20 Randomized", 25,644,479 parameters like the
+trained model) is that architecture with seeded random weights (:func:`random_model`, ``--opt seed=N``): a control
+for how much of the alignment the architecture alone gives. orb-models ≥ 0.6 needs Python ≥ 3.12; on Python 3.11
+the newest is 0.5.5 (``python -m extractors.envs create orb``).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from extractors.base import WEIGHTS_PATH, Embedded, Extractor, ModelSpec, per_structure, spec_table
+from extractors.base import SEPARATE_ENV, WEIGHTS_PATH, Embedded, Extractor, ModelSpec, per_structure, spec_table
 from extractors.datasets import Record
 
-__all__ = ["ENV_REQUIREMENTS", "LAYERS", "SPECS", "OrbExtractor", "build", "resolve_weights"]
+__all__ = ["ENV_REQUIREMENTS", "LAYERS", "SPECS", "OrbExtractor", "build", "random_model", "resolve_weights"]
 
 #: The layers this family reads (``layer=`` / ``MODEL@LAYER``); ``last`` is the default, the one the papers use.
 LAYERS = {"last": "node_features of the backbone output"}
@@ -47,7 +50,22 @@ _ROWS = (
 )
 SPECS = spec_table(
     "orb", ("name",), ((name, name, desc) for name, desc in _ROWS), status=WEIGHTS_PATH, packages=_PACKAGES
+) + spec_table(
+    "orb",
+    ("name",),
+    (
+        (
+            "orb-v3-direct-20-omat-randomized",
+            "orb-v3-direct-20-omat",
+            "orb-v3 direct-20 OMat architecture with seeded random weights, no checkpoint (seed 000 Table 1)",
+        ),
+    ),
+    status=SEPARATE_ENV,
+    packages=_PACKAGES,
+    randomized=True,
 )
+#: The architecture (orb-models' own builder) and graph settings of each model that a randomized row re-creates.
+_ARCHITECTURES = {"orb-v3-direct-20-omat": ("orb_v3_direct_architecture", 6.0, 20)}
 
 
 def resolve_weights(name: str, weights: str | None) -> str:
@@ -62,14 +80,12 @@ def resolve_weights(name: str, weights: str | None) -> str:
             raise FileNotFoundError(f"{name}: weights file {path} does not exist.")
         return str(path)
     url = inspect.signature(ORB_PRETRAINED_MODELS[name]).parameters["weights_path"].default
-    try:
-        from cached_path import cached_path
+    from cached_path import find_latest_cached
 
-        return str(cached_path(url, local_files_only=True))
-    except Exception as err:  # not in the cache (FileNotFoundError and friends)
-        raise FileNotFoundError(
-            f"{name}: no local checkpoint ({type(err).__name__}). Download {url} and pass --opt weights=PATH."
-        ) from None
+    found = find_latest_cached(url)  # the cache lookup alone: no network, nothing downloaded
+    if found is None:
+        raise FileNotFoundError(f"{name}: no local checkpoint. Download {url} and pass --opt weights=PATH.")
+    return str(found)
 
 
 class OrbExtractor(Extractor):
@@ -87,21 +103,30 @@ class OrbExtractor(Extractor):
         precision: str = "float32-high",
         charge: float = 0.0,
         spin: float = 1.0,
+        seed: int = 0,
     ) -> None:
         if layer != "last":
             raise ValueError(f"Orb offers layer='last' (node_features of the backbone output), got {layer!r}.")
+        randomized = bool(spec.config.get("randomized"))
+        if randomized and weights is not None:
+            raise ValueError(f"{spec.id} has random weights (seed={seed}); it takes no weights file.")
+        options = {"seed": int(seed)} if randomized else {}
         super().__init__(
-            spec, layer=layer, weights=weights, device=device, precision=precision, charge=charge, spin=spin
+            spec, layer=layer, weights=weights, device=device, precision=precision, charge=charge, spin=spin, **options
         )
         from orb_models.forcefield.pretrained import ORB_PRETRAINED_MODELS
 
         name = spec.config["name"]
         if name not in ORB_PRETRAINED_MODELS:
             raise ValueError(f"{spec.id}: orb-models has no model {name!r}; it knows {list(ORB_PRETRAINED_MODELS)}.")
-        self.weights = resolve_weights(name, weights)
-        self.model = ORB_PRETRAINED_MODELS[name](
-            weights_path=self.weights, device=device, precision=precision, compile=False
-        )
+        if randomized:
+            self.weights = None
+            self.model = random_model(name, seed=int(seed), device=device, precision=precision)
+        else:
+            self.weights = resolve_weights(name, weights)
+            self.model = ORB_PRETRAINED_MODELS[name](
+                weights_path=self.weights, device=device, precision=precision, compile=False
+            )
         self.model.eval()
         self.device = device
         self.precision = precision
@@ -149,6 +174,27 @@ class OrbExtractor(Extractor):
             "charge_spin_defaults": [self.charge, self.spin] if self.charge_spin else None,
             "energy_unit": "eV (total)",
         }
+
+
+def random_model(name: str, *, seed: int, device: str = "cpu", precision: str = "float32-high") -> Any:
+    """``name``'s architecture as orb-models builds it for its checkpoint (the same builder and graph settings),
+    with the library's default initialisation under ``torch.manual_seed(seed)`` instead of trained weights, in the
+    state ``load_model`` leaves a loaded model (precision, device, eval mode, frozen)."""
+    import torch
+    from orb_models.forcefield import pretrained
+    from orb_models.forcefield.atomic_system import SystemConfig
+    from orb_models.utils import set_torch_precision
+
+    builder, radius, neighbours = _ARCHITECTURES[name]
+    dtype = set_torch_precision(precision)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        system = SystemConfig(radius=radius, max_num_neighbors=neighbours)
+        model = getattr(pretrained, builder)(device=None, system_config=system)
+    model = model.to(dtype).to(device).eval()
+    for p in model.parameters():
+        p.requires_grad = False
+    return model
 
 
 def build(spec: ModelSpec, **options: Any) -> OrbExtractor:
