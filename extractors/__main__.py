@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _list(as_json: bool, long: bool = False) -> int:
     from extractors.metadata import model_meta
-    from extractors.registry import available, specs
+    from extractors.registry import UNAVAILABLE, available, specs
 
     rows = []
     for spec in specs().values():
@@ -110,6 +110,10 @@ def _list(as_json: bool, long: bool = False) -> int:
                 "citation": meta.citation,
             }
         )
+    for model, (what, why) in UNAVAILABLE.items():
+        keys = ("family", "architecture", "modality", "training data", "level of theory", "equivariance")
+        row = {"id": model, "status": "unavailable", "here": "no", "description": f"{what}; {why}"}
+        rows.append({**row, **dict.fromkeys((*keys, "energy head", "citation"), "—")})
     if as_json:
         print(json.dumps(rows, indent=1))
         return 0

@@ -222,6 +222,11 @@ MODEL_META: dict[str, dict[str, Any]] = {
         for size in ("31m", "86m", "153m")
     },
     "pet-mad-s-v1.0.2": {"level_of_theory": "PBEsol"},
+    "pet-mad-dos": {
+        "level_of_theory": "PBEsol",
+        "energy_head": False,  # a density-of-states head
+        "citation": "How et al., arXiv:2508.09000 (2025)",
+    },
     **{f"pet-omat-{size}": {"training_data": ("OMat24",), "level_of_theory": _PBE} for size in ("xs", "s", "m", "l")},
     "pet-omat-xl": {"training_data": ("OMat24",), "level_of_theory": _PBE},
     "pet-omad-l": {"training_data": ("OMat24", "MAD"), "level_of_theory": "PBEsol"},  # seed 003 Table S1

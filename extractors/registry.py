@@ -22,6 +22,7 @@ from extractors.faults import UsageError, check_device
 
 __all__ = [
     "FAMILIES",
+    "UNAVAILABLE",
     "available",
     "base_id",
     "build_extractor",
@@ -42,6 +43,16 @@ def _discover() -> tuple[str, ...]:
 
 
 FAMILIES: tuple[str, ...] = _discover()
+
+#: Models of the seeds' tables that cannot be registered here, id → (what it is, why): ``python -m extractors list``
+#: shows them with status ``unavailable``; asking for one is an error giving the reason.
+UNAVAILABLE: dict[str, tuple[str, str]] = {
+    "geom2vec": (
+        "Geom2Vec (Pengmei et al.): TorchMD-Net equivariant transformer pretrained on OrbNet Denali (seed 000 Table 1)",
+        "not on the package index (`pip install geom2vec`: No matching distribution found for geom2vec); its code "
+        "and checkpoints are on GitHub only (zpengmei/geom2vec), out of this machine's reach",
+    ),
+}
 
 
 def _module(family: str) -> Any:
@@ -83,6 +94,8 @@ def get_spec(model: str) -> ModelSpec:
     model's ``weights`` option, so the spec's status is ``needs weights path``."""
     table = specs()
     base, sep, tag = model.partition("~")
+    if base in UNAVAILABLE:
+        raise UsageError(f"model {base!r} is not available: {UNAVAILABLE[base][1]}.")
     if base not in table or (sep and not tag):
         raise UsageError(
             f"unknown model {model!r}; known models: {', '.join(table)} (see `python -m extractors list`; other "

@@ -12,7 +12,10 @@ Features are metatomic outputs requested per atom through the calculator's ``Met
 whole batch: ``layer="last"`` → ``mtt::aux::energy_last_layer_features`` (the input of the energy head's last
 linear layer), ``layer="backbone"`` → the standard ``feature`` output (``features`` in older metatomic). The energy
 is requested in the same call and equals the calculator's. ``variant`` picks an energy head (e.g. ``r2scan`` for
-``energy/r2scan``) where a model has several; the last-layer features of that head are then read.
+``energy/r2scan``) where a model has several; the last-layer features of that head are then read. ``pet-mad-dos``
+(PET-MAD-DOS, How et al., arXiv:2508.09000: the PET-MAD architecture and data, trained on the electronic density of
+states) loads through ``upet.ase.dos.get_pet_mad_dos`` (what ``PETMADDOSCalculator`` uses) and reads the DOS head's
+last-layer features (``mtt::aux::dos_last_layer_features``) or the backbone's; it has no energy.
 """
 
 from __future__ import annotations
@@ -55,18 +58,28 @@ _ROWS = (
     ("pet-spice-s", "pet-spice", "s", None, "PET-SPICE-S (SPICE; ωB97M-D3)"),
     ("upet", None, None, None, "any UPET / metatrain PET checkpoint (--opt weights=PATH)"),
 )
-SPECS = spec_table("petmad", ("model", "size", "version"), _ROWS, status=WEIGHTS_PATH, packages=_PACKAGES)
+SPECS = spec_table("petmad", ("model", "size", "version"), _ROWS, status=WEIGHTS_PATH, packages=_PACKAGES) + spec_table(
+    "petmad",
+    ("model", "version"),
+    (("pet-mad-dos", "pet-mad-dos", "1.0", "PET-MAD-DOS 1.0 (MAD; electronic density of states, seed 003 §IV)"),),
+    status=WEIGHTS_PATH,
+    packages=_PACKAGES,
+    target="mtt::dos",
+)
 
 LAST_LAYER = "mtt::aux::energy_last_layer_features"
 
 
-def feature_output(available: Sequence[str], layer: str, variant: str | None) -> str:
-    """The metatomic output holding ``layer``'s features among the model's ``available`` outputs."""
+def feature_output(available: Sequence[str], layer: str, variant: str | None, target: str = "energy") -> str:
+    """The metatomic output holding ``layer``'s features among the model's ``available`` outputs: the last-layer
+    features of ``target``'s head (``energy``; ``mtt::dos`` for PET-MAD-DOS: metatrain names them
+    ``mtt::aux::<target without mtt::>_last_layer_features``) or the backbone's ``feature`` output."""
     suffix = "" if variant is None else f"/{variant}"
     if layer == "backbone":  # metatomic renamed the standard output "features" → "feature"
         names = [f"feature{suffix}", f"features{suffix}"]
     elif layer == "last":
-        names = [LAST_LAYER if variant is None else f"mtt::aux::energy{suffix}_last_layer_features"]
+        head = target.removeprefix("mtt::")
+        names = [f"mtt::aux::{head}{suffix}_last_layer_features"]
     else:
         raise ValueError(f"PET offers layer='last' ({LAST_LAYER}) or 'backbone' (feature), got {layer!r}.")
     for name in names:
@@ -87,6 +100,19 @@ def _local_checkpoint(spec: ModelSpec, weights: str | None) -> str:
     if model is None:
         raise ValueError(f"model {spec.id!r} needs a local checkpoint: pass --opt weights=/path/to/model.ckpt.")
     from huggingface_hub.constants import HF_HUB_CACHE
+
+    if model == "pet-mad-dos":  # its own repository: lab-cosmo/pet-mad-dos, models/pet-mad-dos-v<version>.ckpt
+        found = sorted(
+            (Path(HF_HUB_CACHE) / "models--lab-cosmo--pet-mad-dos" / "snapshots").glob(
+                f"*/models/pet-mad-dos-v{version}.ckpt"
+            )
+        )
+        if not found:
+            raise FileNotFoundError(
+                f"{spec.id}: no pet-mad-dos-v{version}.ckpt in the Hugging Face cache; download it from "
+                "lab-cosmo/pet-mad-dos (models/) and pass --opt weights=PATH."
+            )
+        return str(found[-1])
     from upet._models import parse_checkpoint_filename
 
     snapshots = Path(HF_HUB_CACHE) / "models--lab-cosmo--upet" / "snapshots"
@@ -120,23 +146,36 @@ class PETExtractor(Extractor):
         variant: str | None = None,
     ) -> None:
         super().__init__(spec, layer=layer, weights=weights, device=device, dtype=dtype, variant=variant)
-        from upet.ase import UPETCalculator
-
         self.weights = _local_checkpoint(spec, weights)
-        self.calc = UPETCalculator(
-            checkpoint_path=self.weights,
-            device=device,
-            dtype=dtype,
-            variants={"energy": variant} if variant else None,
-            uncertainty_threshold=None,
-        )
-        self.runner = self.calc._base_calculator  # the MetatomicCalculator UPETCalculator wraps
+        self.target = spec.config.get("target", "energy")
+        if self.target == "energy":
+            from upet.ase import UPETCalculator
+
+            self.calc = UPETCalculator(
+                checkpoint_path=self.weights,
+                device=device,
+                dtype=dtype,
+                variants={"energy": variant} if variant else None,
+                uncertainty_threshold=None,
+            )
+            self.runner = self.calc._base_calculator  # the MetatomicCalculator UPETCalculator wraps
+        else:  # PET-MAD-DOS: upet's own loader (metatrain load_model + export), run like PETMADDOSCalculator does
+            from metatomic_ase import MetatomicCalculator
+            from upet.ase.dos import get_pet_mad_dos
+
+            if dtype is not None or variant is not None:
+                raise ValueError(f"{spec.id} takes neither dtype nor variant (one DOS head, the checkpoint's dtype).")
+            model = get_pet_mad_dos(version=spec.config["version"], model_path=self.weights)
+            self.runner = MetatomicCalculator(model, additional_outputs={}, device=device)
         capabilities = self.runner._model.capabilities()
         available = list(capabilities.outputs.keys())
-        self.output = feature_output(available, layer, variant)
-        self.energy_key = "energy" if variant is None else f"energy/{variant}"
-        if self.energy_key not in available:
-            raise ValueError(f"{spec.id}: the model has no {self.energy_key!r} output (it offers {available}).")
+        self.output = feature_output(available, layer, variant, self.target)
+        self.energy_key = None
+        if self.target == "energy":
+            self.energy_key = "energy" if variant is None else f"energy/{variant}"
+            if self.energy_key not in available:
+                raise ValueError(f"{spec.id}: the model has no {self.energy_key!r} output (it offers {available}).")
+        self.has_energy = self.energy_key is not None  # type: ignore[misc]
         self.types = {int(z) for z in capabilities.atomic_types}
 
     def check(self, record: Record) -> str | None:
@@ -150,14 +189,18 @@ class PETExtractor(Extractor):
     def embed(self, records: Sequence[Record]) -> list[Embedded]:
         from metatomic.torch import ModelOutput
 
-        outputs = {self.output: ModelOutput(per_atom=True), self.energy_key: ModelOutput(per_atom=False)}
+        outputs = {self.output: ModelOutput(per_atom=True)}
+        if self.energy_key is not None:
+            outputs[self.energy_key] = ModelOutput(per_atom=False)
         result = self.runner.run_model([r.atoms for r in records], outputs)
         block = result[self.output].block()
         samples = block.samples.values.cpu().numpy()  # (system, atom) pairs
         values = block.values.detach().reshape(len(samples), -1).float().cpu().numpy()
-        energy_block = result[self.energy_key].block()
-        systems = energy_block.samples.values[:, 0].cpu().numpy()
-        energies = dict(zip(systems.tolist(), energy_block.values.detach().reshape(-1).cpu().numpy(), strict=True))
+        energies: dict[int, Any] = {}
+        if self.energy_key is not None:
+            energy_block = result[self.energy_key].block()
+            systems = energy_block.samples.values[:, 0].cpu().numpy()
+            energies = dict(zip(systems.tolist(), energy_block.values.detach().reshape(-1).cpu().numpy(), strict=True))
         out = []
         for i, r in enumerate(records):
             rows = samples[:, 0] == i
@@ -165,7 +208,8 @@ class PETExtractor(Extractor):
             feats[samples[rows, 1]] = values[rows]
             if rows.sum() != len(r.atoms):
                 raise RuntimeError(f"{self.output}: {rows.sum()} rows for {len(r.atoms)} atoms")
-            out.append(Embedded(features=feats.mean(axis=0), atom_features=feats, energy=float(energies[i])))
+            energy = float(energies[i]) if self.energy_key is not None else None
+            out.append(Embedded(features=feats.mean(axis=0), atom_features=feats, energy=energy))
         return out
 
     def info(self) -> dict[str, Any]:
@@ -173,7 +217,7 @@ class PETExtractor(Extractor):
             "layer_detail": f"metatomic output {self.output} (per atom), MetatomicCalculator.run_model",
             "weights": self.weights,
             "energy_output": self.energy_key,
-            "energy_unit": "eV (total)",
+            "energy_unit": "eV (total)" if self.energy_key else None,
         }
 
 
