@@ -513,9 +513,9 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
                     e["cached" if r.cached else "computed"] += 1
             failed = [r.model for r in d.runs if r.path is None and r.unread is None]
             e["summary"] = f"{len(d.runs) - len(unread)} models on {d.summary['n_selected']} structures"
-            e["summary"] += (f"; not read: {sorted(unread)}" if unread else "") + (
-                f"; failed: {failed}" if failed else ""
-            )
+            if unread:
+                e["summary"] += f"; not run (unreadable or left out by its models list): {sorted(unread)}"
+            e["summary"] += f"; failed: {failed}" if failed else ""
             e["models"] = {r.model: r.info.get("wall_s") for r in d.runs if r.unread is None}
     if stop_after == "extraction":
         return {name: {"dataset": d.summary, "extraction": d.runs} for name, d in study.items()}

