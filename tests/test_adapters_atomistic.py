@@ -492,6 +492,45 @@ def test_inner_petmad_features(pet_file, records, tmp_path):
     _needs_weights("upet")
 
 
+def test_inner_petmad_dos(records, tmp_path):
+    """PET-MAD-DOS on a tiny PET with a 12-bin density-of-states target, loaded by upet's own get_pet_mad_dos: the
+    DOS head's last-layer features (and the backbone's) equal the library's output for each structure alone, batched
+    or not; no energy; dtype and variant are refused."""
+    import torch
+    from metatomic.torch import ModelOutput
+    from metatomic_ase import MetatomicCalculator
+    from metatrain.pet import PET
+    from metatrain.utils.architectures import get_default_hypers
+    from metatrain.utils.data import DatasetInfo
+    from metatrain.utils.data.target_info import get_generic_target_info
+    from upet.ase.dos import get_pet_mad_dos
+
+    hypers = copy.deepcopy(get_default_hypers("pet")["model"])
+    hypers.update(d_pet=8, d_head=8, d_node=8, d_feedforward=16, num_heads=2, num_gnn_layers=1, num_attention_layers=1)
+    dos = {"quantity": "", "unit": "", "type": "scalar", "num_subtargets": 12, "sample_kind": "system"}
+    info = DatasetInfo(
+        length_unit="Angstrom",
+        atomic_types=list(TINY_Z),
+        targets={"mtt::dos": get_generic_target_info("mtt::dos", dos)},
+    )
+    torch.manual_seed(0)
+    path = tmp_path / "tiny-dos.ckpt"
+    torch.save(PET(hypers, info).get_checkpoint(), path)
+    for layer, output in (("last", "mtt::aux::dos_last_layer_features"), ("backbone", "feature")):
+        ext = build_extractor("pet-mad-dos", weights=str(path), layer=layer)
+        assert ext.output == output and not ext.has_energy and ext.info()["energy_output"] is None
+        emb = ext.embed(records)
+        calc = MetatomicCalculator(get_pet_mad_dos(version="1.0", model_path=str(path)), additional_outputs={})
+        for r, e in zip(records, emb, strict=True):
+            assert e.energy is None and e.atom_features.shape == (len(r.atoms), 16)
+            alone = calc.run_model(r.atoms, {output: ModelOutput(per_atom=True)})[output].block().values.numpy()
+            np.testing.assert_allclose(e.atom_features, alone, rtol=FEATURE_RTOL, atol=FEATURE_ATOL)
+            np.testing.assert_allclose(e.features, alone.mean(axis=0), rtol=FEATURE_RTOL, atol=FEATURE_ATOL)
+    with pytest.raises(ValueError, match="takes neither dtype nor variant"):
+        build_extractor("pet-mad-dos", weights=str(path), variant="r2scan")
+    _needs_weights("pet-mad-dos")
+
+
 # --------------------------------------------------------------------------------------------------- DPA-3
 @pytest.fixture(scope="module")
 def dpa3_file(tmp_path_factory):
