@@ -71,8 +71,14 @@ ENV_VAR = "JAXALIGN_ENVS"
 MARKER = "jaxalign-env.json"
 #: Installed in every family environment. torch stays pinned to the release whose CPU wheel is on disk.
 BASE_REQUIREMENTS = ("torch==2.13.0", "numpy", "ase", "tqdm", "pytest")
-#: What an environment starts from, by name: ``torch`` for model families, ``none`` (nothing) for anchors.
-BASES: dict[str, tuple[str, ...]] = {"torch": BASE_REQUIREMENTS, "none": ()}
+#: What an environment starts from, by name: ``torch`` for model families, ``torch-2.4`` for a family whose library
+#: pins torch 2.4 (fairchem-core 1.x: EquiformerV2; PyPI's torch 2.4.1 is the CUDA build, several GB), ``none``
+#: (nothing) for anchors.
+BASES: dict[str, tuple[str, ...]] = {
+    "torch": BASE_REQUIREMENTS,
+    "torch-2.4": ("torch==2.4.1", "numpy", "ase", "tqdm", "pytest"),
+    "none": (),
+}
 #: Requirements for families whose module declares none (or additions to what it declares), by family.
 EXTRA_REQUIREMENTS: dict[str, tuple[str, ...]] = {}
 #: DADApy 0.3.4 and what decides whether it imports and which numbers it gives, pinned; pip resolves the rest of
@@ -150,8 +156,11 @@ def _declared() -> dict[str, EnvSpec]:
         remove = tuple(getattr(module, "ENV_REMOVE", ()))
         if getattr(module, "ENV_REQUIREMENTS", ()):
             out[family] = EnvSpec(family, tuple(module.ENV_REQUIREMENTS), remove)
-        for name, reqs in getattr(module, "EXTRA_ENVS", {}).items():
-            out[name] = EnvSpec(family, tuple(reqs))
+        for name, reqs in getattr(module, "EXTRA_ENVS", {}).items():  # requirements, or {requirements, base}
+            if isinstance(reqs, dict):
+                out[name] = EnvSpec(family, tuple(reqs["requirements"]), base=reqs.get("base", "torch"))
+            else:
+                out[name] = EnvSpec(family, tuple(reqs))
     for name, reqs in EXTRA_REQUIREMENTS.items():
         entry = out.get(name, EnvSpec(name, ()))
         out[name] = dataclasses.replace(entry, requirements=entry.requirements + tuple(reqs))

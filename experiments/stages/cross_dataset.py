@@ -1,12 +1,14 @@
 """Stage — across datasets (seed 000 Figs. 1E, 2A–D): what a study of several datasets shows that one cannot.
 
-* **Joint maps** (Fig. 2A, C5): each model compared on every dataset, whose features have one width on all of
-  them (SOAP's basis depends on the dataset's species, so its vectors of two datasets are not comparable), embeds a
+* **Joint maps** (Fig. 2A, C5): each model compared on every mapped dataset, whose features have one width on all
+  of them (SOAP's basis depends on the dataset's species, so its vectors of two datasets are not comparable), embeds a
   seeded subsample of every dataset's structures (``analysis.cross_dataset.map_rows`` per dataset; the paper used
   15,000), preprocessed together (``analysis.preprocessing`` over the union), and is mapped to 2-D by PCovR
   (α = ``analysis.maps.alpha``; target: each structure's composition-detrended energy per atom from its dataset's
   energy stage; a PCA, α = 1, when a dataset has none) and, when ``umap-learn`` is installed, by UMAP as in the
-  paper. The same rows carry each model's per-structure energy error (Fig. 2D over two datasets).
+  paper. The same rows carry each model's per-structure energy error (Fig. 2D over two datasets). The mapped datasets
+  are the study's, less those that would leave fewer than two models (the random baseline aside) on every one: a
+  dataset read by other models (the default study's proteins) is left out of the maps, with the reason.
 * **In vs out of distribution** (Fig. 2C): the datasets marked ``distribution: in`` and ``distribution: out`` (else
   the study's first two) and, for every pair of models compared on both, its CKNNA, dCor and information imbalance
   on each.
@@ -55,15 +57,52 @@ def _shared(study: Mapping[str, Any], names: Sequence[str]) -> list[str]:
     return [m for m in first if all(m in study[n].results["models"] for n in names[1:])]
 
 
+def _mappable(study: Mapping[str, Any], names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The models compared on every dataset of ``names`` whose features have one width on all of them, and why each
+    other model compared on all of them is left out."""
+    everywhere = _shared(study, names)
+    widths = {m: {study[n].aligned.embeddings[m].features.shape[1] for n in names} for m in everywhere}
+    left = {
+        m: f"its features differ in width between the datasets ({sorted(widths[m])}: a dataset-dependent basis, "
+        "e.g. SOAP's species)"
+        for m in everywhere
+        if len(widths[m]) != 1
+    }
+    return [m for m in everywhere if m not in left], left
+
+
+def _map_datasets(study: Mapping[str, Any], names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The datasets of the joint maps: ``names``, dropping (one at a time, the one whose removal keeps the most models)
+    those that leave fewer than two mappable models besides the random baseline, down to two datasets; and why."""
+
+    def models(ns: Sequence[str]) -> list[str]:
+        return [m for m in _mappable(study, ns)[0] if study[ns[0]].aligned.family(m) != "baseline"]
+
+    keep, left = list(names), {}
+    while len(keep) > 2 and len(models(keep)) < 2:
+        drop = max(reversed(keep), key=lambda n: len(models([k for k in keep if k != n])))
+        rest = [k for k in keep if k != drop]
+        left[drop] = (
+            f"{len(models(keep))} model(s) besides the random baseline map on all of {', '.join(keep)}, "
+            f"{len(models(rest))} without {drop}"
+        )
+        keep = rest
+    return keep, left
+
+
 def _joint_maps(
-    study: Mapping[str, Any], models: Sequence[str], cfg: Mapping[str, Any], root: Path, entry: dict[str, Any]
+    study: Mapping[str, Any],
+    names: Sequence[str],
+    models: Sequence[str],
+    cfg: Mapping[str, Any],
+    root: Path,
+    entry: dict[str, Any],
 ) -> dict[str, np.ndarray]:
     from jaxalign.preprocessing import center_scale_total_variance
     from jaxalign.projection import pcovr
 
     ccfg = dict(cfg.get("cross_dataset") or {})
     cap, seed = int(ccfg.get("map_rows", 1000)), int(ccfg.get("seed", 0))
-    names = list(study)
     rows = {n: seeded_rows(study[n].aligned.n, cap, seed) for n in names}
     setting = (cfg.get("maps") or {}).get("umap", "auto")
     try:
@@ -209,20 +248,16 @@ def analyse(study: Mapping[str, Any], cfg: Mapping[str, Any], root: Path, entry:
     for n in (a, b):
         for key in (*PAIR_METRICS, *([f"ii@{out['ii_k']}"] if out["ii_k"] is not None else [])):
             out[f"{key}:{n}"] = _pair_values(study[n].results, pair_models, key)
-    widths = {m: {study[n].aligned.embeddings[m].features.shape[1] for n in names} for m in everywhere}
-    mappable = [m for m in everywhere if len(widths[m]) == 1]
+    map_names, out["map_datasets_left_out"] = _map_datasets(study, names)
+    mappable, out["map_left_out"] = _mappable(study, map_names)
+    out["map_datasets"] = map_names
     out["map_models"] = mappable
-    out["map_left_out"] = {
-        m: f"its features differ in width between the datasets ({sorted(widths[m])}: a dataset-dependent basis, "
-        "e.g. SOAP's species)"
-        for m in everywhere
-        if m not in mappable
-    }
-    out["maps"] = _joint_maps(study, mappable, cfg, root, entry) if mappable else {}
+    out["maps"] = _joint_maps(study, map_names, mappable, cfg, root, entry) if mappable else {}
     out["checks"] = _checks(out)
     entry["summary"] = (
         f"{len(names)} datasets; {len(everywhere)} models on every one (joint maps of "
-        f"{len(out['maps'].get('dataset', []))} structures, {len(mappable)} models); in vs out: {a} vs {b}, "
+        f"{len(out['maps'].get('dataset', []))} structures of {', '.join(map_names)}, {len(mappable)} models); "
+        f"in vs out: {a} vs {b}, "
         f"{len(pair_models)} models"
     )
     return out

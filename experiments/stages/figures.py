@@ -646,7 +646,7 @@ def cross_plan(cross: Mapping[str, Any]) -> list[Figure]:
     # --- Fig. 2A / C5: joint maps of every dataset, coloured by dataset; Fig. 2D: the same coloured by energy error
     maps = cross.get("maps") or {}
     if maps:
-        labels = np.asarray(names)[np.asarray(maps["dataset"], int)]
+        labels = np.asarray(cross.get("map_datasets", names))[np.asarray(maps["dataset"], int)]
         models = [m for m in cross["map_models"] if f"pcovr:{m}" in maps]
         alpha = float(maps["pcovr_alpha"])
         linear = ("PCov", f"PCovR (α = {alpha:g}, target: energy per atom)") if alpha < 1 else ("PC", "PCA")
@@ -675,7 +675,8 @@ def cross_plan(cross: Mapping[str, Any]) -> list[Figure]:
         errors = {m: np.asarray(maps[f"energy_error:{m}"]) for m in models if f"energy_error:{m}" in maps}
         kind = "umap" if any(f"umap:{m}" in maps for m in errors) else "pcovr"
         if errors:
-            mae = {m: np.mean([cross["energy_mae"][n].get(m, np.nan) for n in names]) for m in errors}
+            mapped = cross.get("map_datasets", names)
+            mae = {m: np.mean([cross["energy_mae"][n].get(m, np.nan) for n in mapped]) for m in errors}
             order = sorted(errors, key=lambda m: mae[m])
             pos = np.concatenate([v[v > 0] for v in errors.values()])
             lo, hi = np.percentile(pos, [2, 98]) if pos.size else (None, None)

@@ -359,13 +359,18 @@ def build_blocks(
                         if cross["marked"]
                         else " (no dataset sets `distribution: in/out`: the study's first two)."
                     )
-                    + f" Joint maps: the {len(cross['map_models'])} models compared on every dataset whose features "
-                    "have one width on all of them"
+                    + f" Joint maps of {', '.join(cross.get('map_datasets', cross['datasets']))}: the "
+                    f"{len(cross['map_models'])} models compared on every one whose features have one width on all"
                     + (
-                        " (left out: " + "; ".join(f"{m}: {why}" for m, why in cross["map_left_out"].items()) + ")."
+                        " (left out: " + "; ".join(f"{m}: {why}" for m, why in cross["map_left_out"].items()) + ")"
                         if cross["map_left_out"]
-                        else "."
-                    ),
+                        else ""
+                    )
+                    + "".join(
+                        f"; dataset {n} left out of the maps: {why}"
+                        for n, why in (cross.get("map_datasets_left_out") or {}).items()
+                    )
+                    + ".",
                 )
             )
             for f in shown:

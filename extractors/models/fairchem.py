@@ -40,8 +40,8 @@ LAYERS = {
 }
 
 ENV_REQUIREMENTS = ("fairchem-core==2.24.0",)
-#: EquiformerV2 needs fairchem-core 1.x; pip cannot resolve it with torch==2.13.0 (it pins torch~=2.4.0).
-EXTRA_ENVS = {"fairchem-v1": ("fairchem-core==1.10.0",)}
+#: EquiformerV2 needs fairchem-core 1.x, which pins torch~=2.4.0: its environment starts from the torch 2.4 base.
+EXTRA_ENVS = {"fairchem-v1": {"requirements": ("fairchem-core==1.10.0",), "base": "torch-2.4"}}
 
 _PACKAGES = ("fairchem-core", "torch", "ase")
 # id, registered checkpoint name (fairchem's pretrained_models.json or the OMat24 release), default task, description
