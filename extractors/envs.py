@@ -105,13 +105,16 @@ ROOT = Path(__file__).resolve().parents[1]
 class EnvSpec:
     """One environment: ``requirements`` installed on top of the base named ``base`` (a key of :data:`BASES`),
     ``remove`` uninstalled afterwards, and this repository installed editable (``--no-deps``) when
-    ``install_repo``. ``family``: the family module that declares it (the environment's own name for anchors)."""
+    ``install_repo``. ``compiled``: packages the index ships as source only, built afterwards against the installed
+    torch (``pip install --no-build-isolation``: torch-scatter, torch-sparse). ``family``: the family module that
+    declares it (the environment's own name for anchors)."""
 
     family: str
     requirements: tuple[str, ...]
     remove: tuple[str, ...] = ()
     base: str = "torch"
     install_repo: bool = True
+    compiled: tuple[str, ...] = ()
 
     def install(self) -> tuple[str, ...]:
         """Everything pip installs: the base's requirements, then the environment's own."""
@@ -158,7 +161,12 @@ def _declared() -> dict[str, EnvSpec]:
             out[family] = EnvSpec(family, tuple(module.ENV_REQUIREMENTS), remove)
         for name, reqs in getattr(module, "EXTRA_ENVS", {}).items():  # requirements, or {requirements, base}
             if isinstance(reqs, dict):
-                out[name] = EnvSpec(family, tuple(reqs["requirements"]), base=reqs.get("base", "torch"))
+                out[name] = EnvSpec(
+                    family,
+                    tuple(reqs["requirements"]),
+                    base=reqs.get("base", "torch"),
+                    compiled=tuple(reqs.get("compiled", ())),
+                )
             else:
                 out[name] = EnvSpec(family, tuple(reqs))
     for name, reqs in EXTRA_REQUIREMENTS.items():
@@ -190,6 +198,8 @@ def spec_hash(env: EnvSpec) -> str:
     """A hash of everything that decides an environment's contents: what pip installs, what is removed afterwards
     and whether this repository is installed. The marker records it; a different hash means a stale environment."""
     content = {"install": list(env.install()), "remove": list(env.remove), "install_repo": env.install_repo}
+    if env.compiled:
+        content["compiled"] = list(env.compiled)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -288,6 +298,9 @@ def _create(
     python = _python_in(directory)
     try:
         _pip(python, env.install(), quiet)
+        if env.compiled:  # source-only packages whose build imports torch: built against the one just installed
+            _pip(python, ["setuptools", "wheel"], quiet)
+            _pip(python, ["--no-build-isolation", *env.compiled], quiet)
         if env.remove:
             cmd = [str(python), "-m", "pip", "uninstall", "-y", "-q", *env.remove]
             done = subprocess.run(cmd, capture_output=True)

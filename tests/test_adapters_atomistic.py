@@ -18,6 +18,7 @@ This module imports only numpy, pytest, ase and extractors, so it runs under any
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -47,6 +48,9 @@ FAMILIES = {  # family → the import that tells its package is here
     "dpa3": "deepmd",
     "mattersim": "mattersim",
 }
+#: Further environments of a family (``EXTRA_ENVS``) → (the import that tells its package is here, the prefix of its
+#: ``test_inner_<prefix>_*`` tests): EquiformerV2 under fairchem-core 1.x.
+EXTRA_ENVIRONMENTS = {"fairchem-v1": ("fairchem.core.common.relaxation.ase_utils", "eqv2")}
 #: Families whose environment this test builds when it is missing (about a minute: MACE pins e3nn==0.4.4, which
 #: SevenNet in the main environment cannot share). The others' packages are heavier or pin an older torch: their tests
 #: skip, saying how to build the environment.
@@ -58,6 +62,14 @@ def _here(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
+        return False
+
+
+def _is_fairchem_v1() -> bool:
+    """fairchem-core 1.x here (EquiformerV2's OCPCalculator), not 2.x."""
+    try:
+        return importlib.metadata.version("fairchem-core").startswith("1.")
+    except importlib.metadata.PackageNotFoundError:
         return False
 
 
@@ -155,11 +167,13 @@ def test_envs_cli_path(tmp_path):
     assert done.returncode == 1 and "no mace environment" in done.stderr
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", sorted(FAMILIES) + sorted(EXTRA_ENVIRONMENTS))
 def test_family_in_its_environment(family):
-    """Run this file's ``test_inner_<family>`` tests under the family's own interpreter."""
-    if _here(FAMILIES[family]):
-        pytest.skip(f"{family}'s package is importable here: its test_inner_{family}_* tests run in this session")
+    """Run this file's ``test_inner_<family>`` tests (``test_inner_<prefix>`` of an extra environment) under the
+    environment's own interpreter."""
+    module, prefix = EXTRA_ENVIRONMENTS.get(family, (FAMILIES.get(family), family))
+    if _here(module) and (family not in EXTRA_ENVIRONMENTS or _is_fairchem_v1()):
+        pytest.skip(f"{family}'s package is importable here: its test_inner_{prefix}_* tests run in this session")
     python = envs.find_python(family)
     if python is None and family in BUILT_ON_DEMAND:
         python = envs.create(family)  # a failed build fails the test with pip's error
@@ -184,7 +198,7 @@ def test_family_in_its_environment(family):
         "addopts=",
     ]
     done = subprocess.run(
-        [*cmd, "-k", f"test_inner_{family}_"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
+        [*cmd, "-k", f"test_inner_{prefix}_"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
     )
     tail = (done.stdout + done.stderr)[-4000:]
     assert done.returncode == 0, tail
@@ -445,6 +459,81 @@ def test_inner_fairchem_features(fairchem_file, records, tmp_path):
     with pytest.raises(ValueError, match="task"):
         build_extractor("fairchem", weights=str(fairchem_file), task="oc20")
     _needs_weights("fairchem")
+
+
+# --------------------------------------------------------------------------------------------------- EquiformerV2
+@pytest.fixture(scope="module")
+def eqv2_file(tmp_path_factory):
+    """A tiny EquiformerV2 (one block, 8 channels, l ≤ 2) built by fairchem-core 1.x's own OCPCalculator from a
+    config, saved as a checkpoint of the released files' layout (``config`` + ``state_dict``)."""
+    if not _is_fairchem_v1():
+        pytest.skip("EquiformerV2 needs fairchem-core 1.x: run in its environment (python -m extractors.envs create "
+                    "fairchem-v1)")  # fmt: skip
+    import torch
+    from fairchem.core.common.relaxation.ase_utils import OCPCalculator
+
+    backbone = {
+        "model": "equiformer_v2_backbone", "use_pbc": True, "regress_forces": True, "otf_graph": True,
+        "max_neighbors": 20, "max_radius": 6.0, "max_num_elements": 96, "num_layers": 1, "sphere_channels": 8,
+        "attn_hidden_channels": 8, "num_heads": 2, "attn_alpha_channels": 4, "attn_value_channels": 4,
+        "ffn_hidden_channels": 8, "lmax_list": [2], "mmax_list": [1], "grid_resolution": 8, "num_sphere_samples": 16,
+        "edge_channels": 8, "num_distance_basis": 16, "alpha_drop": 0.0, "drop_path_rate": 0.0,
+    }  # fmt: skip
+    heads = {"energy": {"module": "equiformer_v2_energy_head"}, "forces": {"module": "equiformer_v2_force_head"}}
+    config = {
+        "trainer": "ocp",
+        "model": {"name": "hydra", "backbone": backbone, "heads": heads, "otf_graph": True},
+        "dataset": {"src": "none", "format": "ase_db"},
+        "task": {},
+        "outputs": {
+            "energy": {"shape": 1, "level": "system"},
+            "forces": {"shape": 3, "level": "atom", "train_on_free_atoms": True, "eval_on_free_atoms": True},
+        },
+        "loss_functions": [{"energy": {"fn": "mae", "coefficient": 1}}, {"forces": {"fn": "l2mae", "coefficient": 1}}],
+        "evaluation_metrics": {"metrics": {"energy": ["mae"], "forces": ["mae"]}},
+        "optim": {
+            "batch_size": 1,
+            "eval_batch_size": 1,
+            "num_workers": 0,
+            "max_epochs": 1,
+            "optimizer": "AdamW",
+            "optimizer_params": {},
+            "lr_initial": 1e-4,
+        },
+    }
+    torch.manual_seed(0)
+    calc = OCPCalculator(config_yml=copy.deepcopy(config), checkpoint_path=None, cpu=True, seed=0)
+    state = {k if k.startswith("module.") else f"module.{k}": v for k, v in calc.trainer.model.state_dict().items()}
+    path = tmp_path_factory.mktemp("eqv2") / "eqV2_tiny.pt"
+    torch.save({"config": config, "state_dict": state, "normalizers": {}, "amp": None, "ema": None}, path)
+    return path
+
+
+def test_inner_eqv2_features(eqv2_file, records, tmp_path):
+    """EquiformerV2 rows (fairchem-core 1.x): the backbone's L = 0 node embedding per atom through the library's
+    OCPCalculator(checkpoint_path=...), the energy equal to the calculator's, the features equal to the calculator's
+    own single-structure pass."""
+    from fairchem.core.common.relaxation.ase_utils import OCPCalculator
+
+    ext = build_extractor("eqv2-31m-omat", weights=str(eqv2_file))
+    emb = _check_common(ext, records, 8)
+    calc = OCPCalculator(checkpoint_path=str(eqv2_file), cpu=True, seed=0)
+    _check_energy(emb, records, calc)
+    own = getattr(calc.trainer.model, "module", calc.trainer.model)  # the calculator's own copy of the weights
+    for r, e in zip(records, emb, strict=True):
+        seen = []
+        handle = own.backbone.register_forward_hook(
+            lambda _m, _i, out, seen=seen: seen.append(out["node_embedding"].embedding[:, 0].detach())
+        )
+        try:
+            atoms = r.atoms.copy()
+            atoms.calc = calc
+            atoms.get_potential_energy()
+        finally:
+            handle.remove()
+        np.testing.assert_allclose(e.atom_features, seen[0].numpy(), rtol=FEATURE_RTOL, atol=FEATURE_ATOL)
+    _check_file(ext, "eqv2-31m-omat", records, tmp_path, unsupported=False)
+    _needs_weights("eqv2-31m-omat")
 
 
 # --------------------------------------------------------------------------------------------------- PET-MAD / UPET

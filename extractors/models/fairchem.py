@@ -40,8 +40,16 @@ LAYERS = {
 }
 
 ENV_REQUIREMENTS = ("fairchem-core==2.24.0",)
-#: EquiformerV2 needs fairchem-core 1.x, which pins torch~=2.4.0: its environment starts from the torch 2.4 base.
-EXTRA_ENVS = {"fairchem-v1": {"requirements": ("fairchem-core==1.10.0",), "base": "torch-2.4"}}
+#: EquiformerV2 needs fairchem-core 1.x, which pins torch~=2.4.0: its environment starts from the torch 2.4 base
+#: (PyPI's CUDA build) and compiles torch-scatter and torch-sparse, which fairchem 1.x imports and the index ships as
+#: source only (about 5.8 GiB and 20 min on two cores).
+EXTRA_ENVS = {
+    "fairchem-v1": {
+        "requirements": ("fairchem-core==1.10.0",),
+        "base": "torch-2.4",
+        "compiled": ("torch-scatter==2.1.2", "torch-sparse==0.6.18"),
+    }
+}
 
 _PACKAGES = ("fairchem-core", "torch", "ase")
 # id, registered checkpoint name (fairchem's pretrained_models.json or the OMat24 release), default task, description
