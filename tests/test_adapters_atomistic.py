@@ -585,6 +585,7 @@ def test_inner_petmad_dos(records, tmp_path):
     """PET-MAD-DOS on a tiny PET with a 12-bin density-of-states target, loaded by upet's own get_pet_mad_dos: the
     DOS head's last-layer features (and the backbone's) equal the library's output for each structure alone, batched
     or not; no energy; dtype and variant are refused."""
+    pytest.importorskip("upet")
     import torch
     from metatomic.torch import ModelOutput
     from metatomic_ase import MetatomicCalculator
