@@ -109,10 +109,13 @@ def test_twonn_matches_dadapy_anchor(inputs, expected_pypi, graphs, case, side, 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("case", CASES)
 def test_dadapy_environment_reproduces_reference(expected_pypi, dadapy_twonn, case, algorithm):
-    """DADApy in its own environment gives the stored reference values (the anchor still is the anchor)."""
+    """DADApy in its own environment gives the stored reference values (the anchor still is the anchor). To 1e-8:
+    the same pinned environment rebuilt on a fresh clone (2026-12-02) gave TwoNN 5e-10 relative off the stored values
+    (its least-squares fit's last bits follow the BLAS build and threads), while a wrong DADApy or numpy would be
+    off by far more; the project's contract with its anchors is 1e-6."""
     for side in SIDES:
         want = expected_pypi[case][_twonn_key(side, algorithm)]
-        np.testing.assert_allclose(dadapy_twonn[f"{case}_{side}", algorithm, 0.9], want, rtol=1e-10)
+        np.testing.assert_allclose(dadapy_twonn[f"{case}_{side}", algorithm, 0.9], want, rtol=1e-8)
 
 
 @pytest.mark.parametrize("comb", ["mle", "mean"])
