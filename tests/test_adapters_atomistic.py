@@ -141,7 +141,8 @@ def test_envs_declarations(tmp_path, monkeypatch):
     for family in FAMILIES:
         assert family in declared
         assert any("==" in r for r in envs.requirements(family))  # the family's package is pinned
-    assert envs.requirements("fairchem-v1") == ("fairchem-core==1.10.0",)
+    assert envs.requirements("fairchem-v1") == ("fairchem-core==1.10.0", "scipy==1.14.1")
+    assert envs.spec("fairchem-v1").base == "torch-2.4" and "torch-sparse==0.6.18" in envs.spec("fairchem-v1").compiled
     assert "torch==2.13.0" in envs.BASE_REQUIREMENTS
     with pytest.raises(ValueError, match="no environment"):
         envs.requirements("no-such-family")
@@ -464,14 +465,17 @@ def test_inner_fairchem_features(fairchem_file, records, tmp_path):
 # --------------------------------------------------------------------------------------------------- EquiformerV2
 @pytest.fixture(scope="module")
 def eqv2_file(tmp_path_factory):
-    """A tiny EquiformerV2 (one block, 8 channels, l ≤ 2) built by fairchem-core 1.x's own OCPCalculator from a
-    config, saved as a checkpoint of the released files' layout (``config`` + ``state_dict``)."""
+    """A tiny EquiformerV2 (one block, 8 channels, l ≤ 2) built by fairchem-core 1.x's own model registry (its
+    ``hydra`` model: EquiformerV2 backbone and heads) and saved in the released checkpoints' layout (``config`` +
+    ``state_dict``), which OCPCalculator(checkpoint_path=...) loads."""
     if not _is_fairchem_v1():
         pytest.skip("EquiformerV2 needs fairchem-core 1.x: run in its environment (python -m extractors.envs create "
                     "fairchem-v1)")  # fmt: skip
     import torch
-    from fairchem.core.common.relaxation.ase_utils import OCPCalculator
+    from fairchem.core.common.registry import registry
+    from fairchem.core.common.utils import setup_imports
 
+    setup_imports()  # fills the registry, as the library's trainers do
     backbone = {
         "model": "equiformer_v2_backbone", "use_pbc": True, "regress_forces": True, "otf_graph": True,
         "max_neighbors": 20, "max_radius": 6.0, "max_num_elements": 96, "num_layers": 1, "sphere_channels": 8,
@@ -486,8 +490,14 @@ def eqv2_file(tmp_path_factory):
         "dataset": {"src": "none", "format": "ase_db"},
         "task": {},
         "outputs": {
-            "energy": {"shape": 1, "level": "system"},
-            "forces": {"shape": 3, "level": "atom", "train_on_free_atoms": True, "eval_on_free_atoms": True},
+            "energy": {"property": "energy", "shape": 1, "level": "system"},
+            "forces": {
+                "property": "forces",
+                "shape": 3,
+                "level": "atom",
+                "train_on_free_atoms": True,
+                "eval_on_free_atoms": True,
+            },
         },
         "loss_functions": [{"energy": {"fn": "mae", "coefficient": 1}}, {"forces": {"fn": "l2mae", "coefficient": 1}}],
         "evaluation_metrics": {"metrics": {"energy": ["mae"], "forces": ["mae"]}},
@@ -502,8 +512,8 @@ def eqv2_file(tmp_path_factory):
         },
     }
     torch.manual_seed(0)
-    calc = OCPCalculator(config_yml=copy.deepcopy(config), checkpoint_path=None, cpu=True, seed=0)
-    state = {k if k.startswith("module.") else f"module.{k}": v for k, v in calc.trainer.model.state_dict().items()}
+    model = registry.get_model_class("hydra")(backbone=copy.deepcopy(backbone), heads=heads, otf_graph=True)
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}  # the trainers' DataParallel-style keys
     path = tmp_path_factory.mktemp("eqv2") / "eqV2_tiny.pt"
     torch.save({"config": config, "state_dict": state, "normalizers": {}, "amp": None, "ema": None}, path)
     return path

@@ -42,10 +42,10 @@ LAYERS = {
 ENV_REQUIREMENTS = ("fairchem-core==2.24.0",)
 #: EquiformerV2 needs fairchem-core 1.x, which pins torch~=2.4.0: its environment starts from the torch 2.4 base
 #: (PyPI's CUDA build) and compiles torch-scatter and torch-sparse, which fairchem 1.x imports and the index ships as
-#: source only (about 5.8 GiB and 20 min on two cores).
+#: source only (5.8 GiB; torch 2.4 and fairchem 301 s, the two compiled packages 3.7 and 18.4 min on two cores).
 EXTRA_ENVS = {
     "fairchem-v1": {
-        "requirements": ("fairchem-core==1.10.0",),
+        "requirements": ("fairchem-core==1.10.0", "scipy==1.14.1"),  # scipy 1.15 dropped sph_harm, which 1.x imports
         "base": "torch-2.4",
         "compiled": ("torch-scatter==2.1.2", "torch-sparse==0.6.18"),
     }
@@ -245,8 +245,8 @@ class FairchemExtractor(Extractor):
 
 
 class EquiformerV2Extractor(Extractor):
-    """EquiformerV2 through fairchem-core 1.x's ``OCPCalculator(checkpoint_path=FILE, cpu=...)`` (untested here:
-    fairchem-core 1.x cannot be installed beside torch 2.13)."""
+    """EquiformerV2 through fairchem-core 1.x's ``OCPCalculator(checkpoint_path=FILE, cpu=...)``, in the
+    ``fairchem-v1`` environment (torch 2.4; ``python -m extractors.envs create fairchem-v1``)."""
 
     atomistic = True
     has_energy = True
@@ -266,10 +266,27 @@ class EquiformerV2Extractor(Extractor):
         self.model = getattr(model, "module", model)
 
     def embed(self, records: Sequence[Record]) -> list[Embedded]:
+        """One pass per periodicity among ``records``: fairchem 1.x's ``radius_graph_pbc`` reads a batch's periodic
+        axes from its first structure (``AtomsToGraphs`` stores ``pbc`` as (3,), so a batch's flags collate flat), so a
+        crystal after a molecule would lose its images. Each group is one batch, its flags (1, 3) per structure, as
+        the library's calculator sees one structure."""
+        groups: dict[tuple[bool, ...], list[int]] = {}
+        for i, r in enumerate(records):
+            groups.setdefault(tuple(bool(x) for x in r.atoms.pbc), []).append(i)
+        out: list[Embedded | None] = [None] * len(records)
+        for index in groups.values():
+            for i, e in zip(index, self._embed_batch([records[i] for i in index]), strict=True):
+                out[i] = e
+        return [e for e in out if e is not None]
+
+    def _embed_batch(self, records: Sequence[Record]) -> list[Embedded]:
         import torch
         from fairchem.core.datasets import data_list_collater
 
-        batch = data_list_collater([self.calc.a2g.convert(r.atoms) for r in records], otf_graph=True)
+        graphs = [self.calc.a2g.convert(r.atoms) for r in records]
+        for g in graphs:
+            g.pbc = g.pbc.reshape(1, 3)  # collated (B, 3): every structure's own flags
+        batch = data_list_collater(graphs, otf_graph=True)
         captured: list[Any] = []
         handle = self.model.backbone.register_forward_hook(
             lambda _m, _i, out: captured.append(out["node_embedding"].embedding[:, 0].detach())
