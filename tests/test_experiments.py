@@ -294,9 +294,9 @@ CROSS_FIGURES = {
 
 @pytest.mark.parametrize("preset", ["seed000", "seed003"])
 def test_two_dataset_study_with_each_paper_preset(preset: str, shared: dict[str, Path], tmp_path: Path) -> None:
-    """The default study's two datasets (molecules, crystals) at N = 30 under each paper's preset: per-dataset
-    results with the models that read each dataset (Morgan only on molecules), the cross-dataset figures, checks and
-    the preset's conventions in the results."""
+    """The default study's molecules and crystals at N = 30 under each paper's preset (its proteins left out: only
+    the random baseline of these models reads them): per-dataset results with the models that read each dataset
+    (Morgan only on molecules), the cross-dataset figures, checks and the preset's conventions in the results."""
     run_dir = tmp_path / preset
     proc = run_app(*STUDY, f"analysis={preset}", cache=shared["cache"], run_dir=run_dir, xla=shared["xla"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -324,8 +324,12 @@ def test_two_dataset_study_with_each_paper_preset(preset: str, shared: dict[str,
     assert [(e.get("dataset"), e["stage"]) for e in log if e["stage"] in ("dataset", "cross_dataset")] == [
         ("molecules", "dataset"),
         ("crystals", "dataset"),
+        ("proteins", "dataset"),  # drawn, then left out: of these models only the random baseline reads proteins
         (None, "cross_dataset"),
     ]
+    left = [e["summary"] for e in log if e.get("dataset") == "proteins" and e["stage"] == "extraction"]
+    assert left == ["dataset left out of the study: fewer than two of the run's models run on it (random)"]
+    assert not (run_dir / "results" / "proteins").exists()
     if preset == "seed000":  # max-normalised features, the tree without the random baseline, eV per structure
         leaves = (run_dir / "results" / "molecules" / "tree.nwk").read_text()
         assert "morgan" in leaves and "random" not in leaves
