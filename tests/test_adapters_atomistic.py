@@ -464,10 +464,11 @@ def test_inner_fairchem_features(fairchem_file, records, tmp_path):
 
 # --------------------------------------------------------------------------------------------------- EquiformerV2
 @pytest.fixture(scope="module")
-def eqv2_file(tmp_path_factory):
-    """A tiny EquiformerV2 (one block, 8 channels, l ≤ 2) built by fairchem-core 1.x's own model registry (its
-    ``hydra`` model: EquiformerV2 backbone and heads) and saved in the released checkpoints' layout (``config`` +
-    ``state_dict``), which OCPCalculator(checkpoint_path=...) loads."""
+def eqv2_files(tmp_path_factory):
+    """Tiny EquiformerV2 models (one block, 8 channels, l ≤ 2) built by fairchem-core 1.x's own model registry (its
+    ``hydra`` model: the EquiformerV2 backbone and heads, and the DeNS backbone and heads of the ``eqv2-dens-*``
+    rows), saved in the released checkpoints' layout (``config`` + ``state_dict``) that OCPCalculator loads; model id
+    → file."""
     if not _is_fairchem_v1():
         pytest.skip("EquiformerV2 needs fairchem-core 1.x: run in its environment (python -m extractors.envs create "
                     "fairchem-v1)")  # fmt: skip
@@ -476,73 +477,82 @@ def eqv2_file(tmp_path_factory):
     from fairchem.core.common.utils import setup_imports
 
     setup_imports()  # fills the registry, as the library's trainers do
-    backbone = {
-        "model": "equiformer_v2_backbone", "use_pbc": True, "regress_forces": True, "otf_graph": True,
-        "max_neighbors": 20, "max_radius": 6.0, "max_num_elements": 96, "num_layers": 1, "sphere_channels": 8,
-        "attn_hidden_channels": 8, "num_heads": 2, "attn_alpha_channels": 4, "attn_value_channels": 4,
-        "ffn_hidden_channels": 8, "lmax_list": [2], "mmax_list": [1], "grid_resolution": 8, "num_sphere_samples": 16,
-        "edge_channels": 8, "num_distance_basis": 16, "alpha_drop": 0.0, "drop_path_rate": 0.0,
-    }  # fmt: skip
-    heads = {"energy": {"module": "equiformer_v2_energy_head"}, "forces": {"module": "equiformer_v2_force_head"}}
-    config = {
-        "trainer": "ocp",
-        "model": {"name": "hydra", "backbone": backbone, "heads": heads, "otf_graph": True},
-        "dataset": {"src": "none", "format": "ase_db"},
-        "task": {},
-        "outputs": {
-            "energy": {"property": "energy", "shape": 1, "level": "system"},
-            "forces": {
-                "property": "forces",
-                "shape": 3,
-                "level": "atom",
-                "train_on_free_atoms": True,
-                "eval_on_free_atoms": True,
+    out = {}
+    for model, kind, head in (
+        ("eqv2-31m-omat", "equiformer_v2_backbone", ("equiformer_v2_energy_head", "equiformer_v2_force_head")),
+        ("eqv2-dens-31m-mp", "equiformer_v2_dens_backbone", ("eqV2_DeNS_scalar_head", "eqV2_DeNS_vector_head")),
+    ):
+        backbone = {
+            "model": kind, "use_pbc": True, "regress_forces": True, "otf_graph": True, "max_neighbors": 20,
+            "max_radius": 6.0, "max_num_elements": 96, "num_layers": 1, "sphere_channels": 8, "attn_hidden_channels": 8,
+            "num_heads": 2, "attn_alpha_channels": 4, "attn_value_channels": 4, "ffn_hidden_channels": 8,
+            "lmax_list": [2], "mmax_list": [1], "grid_resolution": 8, "num_sphere_samples": 16, "edge_channels": 8,
+            "num_distance_basis": 16, "alpha_drop": 0.0, "drop_path_rate": 0.0,
+        }  # fmt: skip
+        heads = {"energy": {"module": head[0]}, "forces": {"module": head[1]}}
+        config = {
+            "trainer": "ocp",
+            "model": {"name": "hydra", "backbone": backbone, "heads": heads, "otf_graph": True},
+            "dataset": {"src": "none", "format": "ase_db"},
+            "task": {},
+            "outputs": {
+                "energy": {"property": "energy", "shape": 1, "level": "system"},
+                "forces": {
+                    "property": "forces",
+                    "shape": 3,
+                    "level": "atom",
+                    "train_on_free_atoms": True,
+                    "eval_on_free_atoms": True,
+                },
             },
-        },
-        "loss_functions": [{"energy": {"fn": "mae", "coefficient": 1}}, {"forces": {"fn": "l2mae", "coefficient": 1}}],
-        "evaluation_metrics": {"metrics": {"energy": ["mae"], "forces": ["mae"]}},
-        "optim": {
-            "batch_size": 1,
-            "eval_batch_size": 1,
-            "num_workers": 0,
-            "max_epochs": 1,
-            "optimizer": "AdamW",
-            "optimizer_params": {},
-            "lr_initial": 1e-4,
-        },
-    }
-    torch.manual_seed(0)
-    model = registry.get_model_class("hydra")(backbone=copy.deepcopy(backbone), heads=heads, otf_graph=True)
-    state = {f"module.{k}": v for k, v in model.state_dict().items()}  # the trainers' DataParallel-style keys
-    path = tmp_path_factory.mktemp("eqv2") / "eqV2_tiny.pt"
-    torch.save({"config": config, "state_dict": state, "normalizers": {}, "amp": None, "ema": None}, path)
-    return path
+            "loss_functions": [
+                {"energy": {"fn": "mae", "coefficient": 1}},
+                {"forces": {"fn": "l2mae", "coefficient": 1}},
+            ],
+            "evaluation_metrics": {"metrics": {"energy": ["mae"], "forces": ["mae"]}},
+            "optim": {
+                "batch_size": 1,
+                "eval_batch_size": 1,
+                "num_workers": 0,
+                "max_epochs": 1,
+                "optimizer": "AdamW",
+                "optimizer_params": {},
+                "lr_initial": 1e-4,
+            },
+        }
+        torch.manual_seed(0)
+        net = registry.get_model_class("hydra")(backbone=copy.deepcopy(backbone), heads=heads, otf_graph=True)
+        state = {f"module.{k}": v for k, v in net.state_dict().items()}  # the trainers' DataParallel-style keys
+        out[model] = tmp_path_factory.mktemp("eqv2") / f"{model}.pt"
+        torch.save({"config": config, "state_dict": state, "normalizers": {}, "amp": None, "ema": None}, out[model])
+    return out
 
 
-def test_inner_eqv2_features(eqv2_file, records, tmp_path):
-    """EquiformerV2 rows (fairchem-core 1.x): the backbone's L = 0 node embedding per atom through the library's
-    OCPCalculator(checkpoint_path=...), the energy equal to the calculator's, the features equal to the calculator's
-    own single-structure pass."""
+def test_inner_eqv2_features(eqv2_files, records, tmp_path):
+    """EquiformerV2 rows (fairchem-core 1.x), plain and DeNS: the backbone's L = 0 node embedding per atom through
+    the library's OCPCalculator(checkpoint_path=...), batched = one at a time, the energy equal to the calculator's,
+    the features equal to the calculator's own single-structure pass."""
     from fairchem.core.common.relaxation.ase_utils import OCPCalculator
 
-    ext = build_extractor("eqv2-31m-omat", weights=str(eqv2_file))
-    emb = _check_common(ext, records, 8)
-    calc = OCPCalculator(checkpoint_path=str(eqv2_file), cpu=True, seed=0)
-    _check_energy(emb, records, calc)
-    own = getattr(calc.trainer.model, "module", calc.trainer.model)  # the calculator's own copy of the weights
-    for r, e in zip(records, emb, strict=True):
-        seen = []
-        handle = own.backbone.register_forward_hook(
-            lambda _m, _i, out, seen=seen: seen.append(out["node_embedding"].embedding[:, 0].detach())
-        )
-        try:
-            atoms = r.atoms.copy()
-            atoms.calc = calc
-            atoms.get_potential_energy()
-        finally:
-            handle.remove()
-        np.testing.assert_allclose(e.atom_features, seen[0].numpy(), rtol=FEATURE_RTOL, atol=FEATURE_ATOL)
-    _check_file(ext, "eqv2-31m-omat", records, tmp_path, unsupported=False)
+    for model, path in eqv2_files.items():
+        ext = build_extractor(model, weights=str(path))
+        emb = _check_common(ext, records, 8)
+        calc = OCPCalculator(checkpoint_path=str(path), cpu=True, seed=0)
+        _check_energy(emb, records, calc)
+        own = getattr(calc.trainer.model, "module", calc.trainer.model)  # the calculator's own copy of the weights
+        for r, e in zip(records, emb, strict=True):
+            seen = []
+            handle = own.backbone.register_forward_hook(
+                lambda _m, _i, out, seen=seen: seen.append(out["node_embedding"].embedding[:, 0].detach())
+            )
+            try:
+                atoms = r.atoms.copy()
+                atoms.calc = calc
+                atoms.get_potential_energy()
+            finally:
+                handle.remove()
+            np.testing.assert_allclose(e.atom_features, seen[0].numpy(), rtol=FEATURE_RTOL, atol=FEATURE_ATOL)
+        _check_file(ext, model, records, tmp_path / model, unsupported=False)
     _needs_weights("eqv2-31m-omat")
 
 
