@@ -42,7 +42,7 @@ LAYERS = {
 ENV_REQUIREMENTS = ("fairchem-core==2.24.0",)
 #: EquiformerV2 needs fairchem-core 1.x, which pins torch~=2.4.0: its environment starts from the torch 2.4 base
 #: (PyPI's CUDA build) and compiles torch-scatter and torch-sparse, which fairchem 1.x imports and the index ships as
-#: source only (5.8 GiB; torch 2.4 and fairchem 301 s, the two compiled packages 3.7 and 18.4 min on two cores).
+#: source only (5.8 GiB; first build on two cores: the install 301 s, the two compilations 3.7 and 18.4 min).
 EXTRA_ENVS = {
     "fairchem-v1": {
         "requirements": ("fairchem-core==1.10.0", "scipy==1.14.1"),  # scipy 1.15 dropped sph_harm, which 1.x imports
