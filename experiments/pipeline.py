@@ -267,13 +267,17 @@ def dataset_configs(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _readable_models(
-    stages: Mapping[str, DatasetStage], configs: Mapping[str, Mapping[str, Any]], models_cfg: Mapping[str, Any]
+    stages: Mapping[str, DatasetStage],
+    configs: Mapping[str, Mapping[str, Any]],
+    models_cfg: Mapping[str, Any],
+    *,
+    compare: bool = True,
 ) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:
     """Which model runs on which dataset: (model → dataset → why it does not run there, None when it does; left-out
     dataset → why). A model does not run on a dataset whose records it cannot read, or whose ``models`` list (its
-    config: model ids and modalities) leaves it out. A dataset with fewer than two models to compare is left out of
-    a study that keeps another; a study that keeps none, and a model that runs on no dataset kept, are errors
-    naming them."""
+    config: model ids and modalities) leaves it out. When the run ``compare``s (it does not stop after extraction), a
+    dataset with fewer than two models to compare is left out of a study that keeps another; a study that keeps none,
+    and a model that runs on no dataset kept, are errors naming them."""
     from experiments.stages.extraction import check_models
     from extractors.metadata import model_meta, unreadable
     from extractors.registry import base_id, split_layer
@@ -309,6 +313,8 @@ def _readable_models(
                 )
 
     run_nowhere()
+    if not compare:  # extraction only: one model on one dataset is a run
+        return out, {}
     run_on = {name: [m for m in ids if out[m][name] is None] for name in stages}
     left_out = {
         name: f"fewer than two of the run's models run on it ({', '.join(ms) or 'none'})"
@@ -496,7 +502,9 @@ def run_pipeline(cfg: Mapping[str, Any], run_dir: str | Path, *, command: str = 
         study[name] = DatasetRun(name, dcfg, ds)
     if stop_after == "dataset":
         return {name: {"dataset": d.summary} for name, d in study.items()}
-    readable, left_out = _readable_models({n: d.stage for n, d in study.items()}, configs, cfg["models"])
+    readable, left_out = _readable_models(
+        {n: d.stage for n, d in study.items()}, configs, cfg["models"], compare=stop_after != "extraction"
+    )
     for name, why in left_out.items():
         with stage("extraction", name) as e:
             e["summary"] = f"dataset left out of the study: {why}"

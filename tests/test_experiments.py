@@ -459,11 +459,13 @@ def test_model_reading_no_dataset_of_the_run(shared: dict[str, Path], tmp_path: 
 
 def test_datasets_with_fewer_than_two_models_are_left_out(shared: dict[str, Path], tmp_path: Path) -> None:
     """The default study with models that only the molecules hold two of: the crystals (random alone) and the
-    proteins (random alone) are left out with a line saying why; the molecules run."""
+    proteins (random alone) are left out with a line saying why; the molecules are compared. A run that stops after
+    the extraction compares nothing and leaves nothing out."""
     proc = run_app(
         "models.ids=[morgan,random]",
         "datasets.molecules.n=20",
-        "debug.stop_after=extraction",
+        "analysis=quick",
+        *[o for o in STUDY if o.startswith("analysis.")],
         "progress=false",
         cache=tmp_path / "cache",
         run_dir=tmp_path / "run",
@@ -474,6 +476,18 @@ def test_datasets_with_fewer_than_two_models_are_left_out(shared: dict[str, Path
         why = "fewer than two of the run's models run on it (random)"
         assert f"[{name}/extraction] dataset left out of the study: {why}" in proc.stderr, proc.stderr[-3000:]
     assert "[molecules/extraction] 2 models on 20 structures" in proc.stderr
+    assert read_json(tmp_path / "run" / "results" / "molecules" / "results.json")["models"] == ["morgan", "random"]
+    assert not (tmp_path / "run" / "results" / "crystals").exists()
+    only = run_app(
+        "+dataset=crystals",
+        "models.ids=[random]",
+        "debug.stop_after=extraction",
+        "progress=false",
+        cache=tmp_path / "cache",
+        run_dir=tmp_path / "run2",
+        xla=shared["xla"],
+    )
+    assert only.returncode == 0 and "left out" not in only.stderr, only.stderr[-3000:]
 
 
 def test_protein_dataset_with_proteinmpnn_in_its_own_environment(shared: dict[str, Path], tmp_path: Path) -> None:
