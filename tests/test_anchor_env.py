@@ -55,10 +55,14 @@ def test_dadapy_env_is_declared_torch_free_and_pinned():
 
 
 def test_family_envs_keep_the_torch_base():
+    """Every family environment starts from a base that pins torch: the main one (torch 2.13, its CPU wheel on disk),
+    or the torch its library needs (fairchem-core 1.x: torch 2.4.1)."""
     for name in set(envs.families()) - set(envs.ANCHOR_ENVS):
         env = envs.spec(name)
-        assert env.base == "torch" and env.install_repo
-        assert env.install() == (*envs.BASE_REQUIREMENTS, *envs.requirements(name))
+        assert env.install_repo and env.base in ("torch", "torch-2.4"), (name, env.base)
+        assert env.install() == (*envs.BASES[env.base], *envs.requirements(name))
+        assert any(r.startswith("torch==") for r in envs.BASES[env.base])
+    assert {n for n in envs.families() if envs.spec(n).base != "torch"} - set(envs.ANCHOR_ENVS) == {"fairchem-v1"}
     assert envs.spec("mace", extra=("x==1",)).requirements == (*envs.requirements("mace"), "x==1")
     with pytest.raises(ValueError, match="no environment 'no-such-env' is declared"):
         envs.spec("no-such-env")
@@ -72,6 +76,7 @@ def test_spec_hash_follows_the_spec():
         dataclasses.replace(env, base="torch"),
         dataclasses.replace(env, remove=("seaborn",)),
         dataclasses.replace(env, install_repo=True),
+        dataclasses.replace(env, compiled=("torch-scatter==2.1.2",)),
     ]
     hashes = {envs.spec_hash(e) for e in [env, *changed]}
     assert len(hashes) == 1 + len(changed)
