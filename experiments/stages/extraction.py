@@ -141,7 +141,7 @@ def model_interpreters(
             if not family_envs.is_current(name):
                 where = family_envs.env_dir(name)
                 print(
-                    f"[extraction] building the {name!r} environment for {m} at {where} (once; 1-2 min)",
+                    f"[extraction] building the {name!r} environment for {m} at {where} (once)",
                     file=sys.stderr,
                 )
             python = family_envs.create(name)
