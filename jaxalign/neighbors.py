@@ -36,7 +36,16 @@ from jaxalign._checks import as_features, check_k
 from jaxalign._exact import exact_rescale, exact_top_k, expanded_bound, on_dyadic_lattice
 from jaxalign.tiling import TILE_BUDGET, default_tile, map_row_tiles, resolve_mesh, safe_sqrt
 
-__all__ = ["METRICS", "NeighborGraph", "check_graph", "knn", "membership", "neighbor_graph", "resolve_graph"]
+__all__ = [
+    "METRICS",
+    "NeighborGraph",
+    "check_graph",
+    "knn",
+    "membership",
+    "neighbor_graph",
+    "resolve_graph",
+    "row_membership",
+]
 
 METRICS = ("ip", "euclidean")
 
@@ -331,3 +340,26 @@ def membership(
     pos = jnp.minimum(lo, k - 1)
     found = sorted_idx[r, pos] == c
     return found.reshape(rows.shape), order[r, pos].reshape(rows.shape)
+
+
+#: :func:`row_membership` compares every pair of a row's entries up to this many pairs (k_graph · k_cols); above it,
+#: binary search. At N = 50,000 and k = 25 the comparisons take ~2 ms against ~17 ms for the search's gathers.
+COMPARE_UP_TO = 64 * 64
+
+
+def row_membership(
+    graph_indices: jax.Array, cols: jax.Array, *, table: tuple[jax.Array, jax.Array] | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`membership` of each row's own queries: is ``cols[i, s]`` among the neighbours of row i, and at which
+    position of ``graph_indices[i]``? ``graph_indices`` (N, k) rows hold distinct values; ``cols`` is (N, c).
+
+    Small rows (k·c ≤ :data:`COMPARE_UP_TO`) compare every pair in one fused pass, O(N·k·c) without a gather;
+    larger ones binary-search (``table`` as in :func:`membership`). Returns (found, position), (N, c) each.
+    """
+    k = graph_indices.shape[1]
+    if k * cols.shape[1] > COMPARE_UP_TO:
+        rows = jnp.broadcast_to(jnp.arange(cols.shape[0], dtype=cols.dtype)[:, None], cols.shape)
+        return membership(graph_indices, rows, cols, table=table)
+    equal = cols[:, :, None] == graph_indices[:, None, :]
+    position = jnp.where(equal, jnp.arange(k, dtype=jnp.int32), 0).sum(2, dtype=jnp.int32)  # at most one match
+    return equal.any(2), position

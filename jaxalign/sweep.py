@@ -55,7 +55,15 @@ from jaxalign import _double_float as df
 from jaxalign._checks import as_features, check_k, check_variance
 from jaxalign._exact import exact_rescale, exact_top_k, expanded_bound, expanded_frame
 from jaxalign.journal import Journal, content_key
-from jaxalign.metrics.cknna import _cross_entries, _feature_side, _graph_entries, _hsic, _self_entries, cknna
+from jaxalign.metrics.cknna import (
+    _cross_entries,
+    _feature_side,
+    _graph_entries,
+    _hsic,
+    _reverse_entries,
+    _self_entries,
+    cknna,
+)
 from jaxalign.metrics.dcor import (
     DistanceFrame,
     DistanceMoments,
@@ -79,6 +87,9 @@ PASS_BUDGET = 1 << 26
 #: many small per-model operations of each step) dominate — M = 8, N = 10,000: 28.7 s at 8 rows, 9.3 s at 16, 6.5 s
 #: at 32 to 128. Many models at large N exceed the budget instead (M = 60, N = 50,000: ~1.5 GiB).
 MIN_PASS_TILE = 32
+#: Graph entries (N·k) of the pairs computed at once by the graph metrics (CKNNA, mutual kNN): batching pairs only
+#: pays at small N (N = 50,000, k = 25: 47 ms per CKNNA pair one at a time, 70 three at a time, 82 eight at a time).
+PAIR_BATCH = 1 << 16
 
 Progress = Callable[[str, int, int, bool], None]
 
@@ -656,7 +667,7 @@ def _pair_matrices(
     if "mutual_knn" in metrics:
         stacked = jnp.stack([jnp.asarray(r["ip_i"][:, :mutual_k]) for r in graphs])
         dtype = jnp.result_type(*[r["ip_v"].dtype for r in graphs])
-        batch = max(1, min(m, (1 << 22) // max(1, n * mutual_k)))
+        batch = max(1, min(m, PAIR_BATCH // max(1, n * mutual_k)))
         mat = np.full((m, m), np.nan)
         for a, part, take in _upper_chunks(mask, batch):
             row = np.asarray(_mutual_row(stacked[a], stacked[take], dtype=dtype, batch=batch), np.float64)
@@ -668,10 +679,11 @@ def _pair_matrices(
 
 
 @functools.partial(jax.jit, static_argnames=("exact",))
-def _cknna_self(ix: jax.Array, a: df.DD, *, exact: bool) -> tuple[jax.Array, jax.Array]:
-    """sim(K, K) of one model (computed once, not per pair) and its graph's reverse-entry mask."""
-    cols, va, vb, reverse = _self_entries(ix, a, unbiased=True)
-    hi, lo = _hsic(cols, va, vb, reverse, unbiased=True, exact=exact)
+def _cknna_self(ix: jax.Array, a: df.DD, *, exact: bool) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """sim(K, K) of one model (computed once, not per pair) and its graph's reverse entries (mask, position)."""
+    reverse = _reverse_entries(ix)
+    cols, va, vb, found = _self_entries(ix, a, unbiased=True, reverse=reverse)
+    hi, lo = _hsic(cols, va, vb, found, unbiased=True, exact=exact)
     return hi + lo, reverse
 
 
@@ -679,7 +691,7 @@ def _cknna_self(ix: jax.Array, a: df.DD, *, exact: bool) -> tuple[jax.Array, jax
 def _cknna_cross(
     ix: jax.Array,
     a: df.DD,
-    reverse_x: jax.Array,
+    reverse_x: tuple[jax.Array, jax.Array],
     iys: jax.Array,
     bs: df.DD,
     tables: tuple[jax.Array, jax.Array],
@@ -745,7 +757,7 @@ def _cknna_matrix(
     selves = [_cknna_self(i, e, exact=exact) for i, e in zip(indices, entries, strict=True)]
     stacked_i = jnp.stack(indices)
     stacked_e = (jnp.stack([e[0] for e in entries]), jnp.stack([e[1] for e in entries]))
-    batch = max(1, min(m, (1 << 22) // max(1, n * k)))  # ~ 4M entries of every per-pair array at a time
+    batch = max(1, min(m, PAIR_BATCH // max(1, n * k)))
     tables = [_sorted_rows(i) for i in indices]
     stacked_t = (jnp.stack([t[0] for t in tables]), jnp.stack([t[1] for t in tables]))
     for a in range(m):

@@ -96,6 +96,8 @@ def continuous(kind: str, seed: int, n: int = 80, d: int = 5) -> np.ndarray:
         x = x[rng.integers(0, n // 2, n)]
     elif kind == "near":
         x[: n // 2] = x[0] * (1 + 1e-6 * rng.normal(size=(n // 2, d)))
+    elif kind == "twins":  # every point has one near-duplicate: bands of exactly two (their other member named)
+        x[n // 2 :] = x[: n // 2] * (1 + 1e-7 * rng.normal(size=(n // 2, d)))
     else:  # points on a sphere around the first: equal distances up to round-off
         u = rng.normal(size=(n - 1, d))
         x[1:] = x[0] + 3 * u / np.linalg.norm(u, axis=1, keepdims=True)
@@ -103,7 +105,7 @@ def continuous(kind: str, seed: int, n: int = 80, d: int = 5) -> np.ndarray:
 
 
 @settings(max_examples=25, deadline=None)
-@given(kind=st.sampled_from(["duplicates", "near", "sphere"]), seed=st.integers(0, 2**16))
+@given(kind=st.sampled_from(["duplicates", "near", "twins", "sphere"]), seed=st.integers(0, 2**16))
 def test_information_imbalance_exact_on_continuous_data_with_ties(kind, seed):
     """Float32 blocks whose round-off exceeds the gaps: counted ranks (k = 3) and searched ranks (k > 64)."""
     x, y = continuous(kind, seed), continuous("duplicates", seed + 1)

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
 
-from jaxalign.neighbors import NeighborGraph, knn, membership
+from jaxalign.metrics.knn_overlap import _shared_per_row
+from jaxalign.neighbors import COMPARE_UP_TO, NeighborGraph, knn, membership, row_membership
 from jaxalign.tiling import default_tile, map_row_tiles, pairwise_block
 
 
@@ -78,6 +79,34 @@ def test_truncate_and_membership():
     assert not bool(found_self.any())
     with pytest.raises(ValueError, match="`k`"):
         g4.truncate(5)
+
+
+def _graph_rows(rng: np.random.Generator, n: int, k: int, pool: int) -> np.ndarray:
+    """(n, k) rows of distinct indices drawn from a window of ``pool`` around each row (overlapping rows)."""
+    return np.stack([(i + rng.choice(pool, k, replace=False)) % n for i in range(n)]).astype(np.int32)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), k=st.sampled_from([1, 3, 25, 70]), c=st.sampled_from([1, 5, 25, 70]))
+def test_row_membership_and_shared_rows_match_sets(seed, k, c):
+    """Both paths (every pair compared, k·c ≤ COMPARE_UP_TO; binary search / sort-merge above) against Python sets,
+    positions included."""
+    rng = np.random.default_rng(seed)
+    n = 100
+    pool = max(k, c) + 8
+    graph, cols = _graph_rows(rng, n, k, pool), _graph_rows(rng, n, c, pool)
+    found, pos = (np.asarray(a) for a in row_membership(jnp.asarray(graph), jnp.asarray(cols)))
+    for i in range(n):
+        where = {int(v): s for s, v in enumerate(graph[i])}
+        np.testing.assert_array_equal(found[i], [int(v) in where for v in cols[i]])
+        np.testing.assert_array_equal(pos[i][found[i]], [where[int(v)] for v in cols[i][found[i]]])
+    rows = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], cols.shape)
+    searched = membership(jnp.asarray(graph), rows, jnp.asarray(cols))
+    np.testing.assert_array_equal(found, np.asarray(searched[0]))
+    if k == c:
+        shared = np.asarray(_shared_per_row(jnp.asarray(graph), jnp.asarray(cols)))
+        np.testing.assert_array_equal(shared, [len(set(a) & set(b)) for a, b in zip(graph, cols, strict=True)])
+    assert (k * c > COMPARE_UP_TO) == (k == c == 70)  # both paths are drawn
 
 
 def test_graph_is_a_pytree_usable_under_jit():

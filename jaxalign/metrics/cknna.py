@@ -59,7 +59,7 @@ from jax.sharding import Mesh
 from jaxalign import _double_float as df
 from jaxalign._checks import as_features, check_k, check_same_n, check_variance
 from jaxalign.metrics.kernel import _cka_linear, _linear_unbiased_hsic, hsic_from_sums, normalized_ratio
-from jaxalign.neighbors import NeighborGraph, check_graph, knn, membership, sorted_rows
+from jaxalign.neighbors import NeighborGraph, check_graph, knn, membership, row_membership
 from jaxalign.tiling import TILE_BUDGET, default_tile, map_row_tiles, resolve_mesh
 
 __all__ = ["cknna"]
@@ -131,13 +131,21 @@ def _rows_like(indices: jax.Array) -> jax.Array:
     return jnp.broadcast_to(jnp.arange(indices.shape[0], dtype=indices.dtype)[:, None], indices.shape)
 
 
-def _self_entries(idx: jax.Array, values: DD, *, unbiased: bool) -> tuple[jax.Array, DD, DD, jax.Array]:
-    """(cols, a, b, reverse) of sim(K, K) = HSIC(M_K∘K, M_K∘K) over the entries of one graph."""
-    rows = _rows_like(idx)
-    reverse, _ = membership(idx, idx, rows)
+def _self_entries(
+    idx: jax.Array, values: DD, *, unbiased: bool, reverse: tuple[jax.Array, jax.Array] | None = None
+) -> tuple[jax.Array, DD, DD, jax.Array]:
+    """(cols, a, b, reverse) of sim(K, K) = HSIC(M_K∘K, M_K∘K) over the entries of one graph; ``reverse`` may be
+    passed precomputed (:func:`_reverse_entries`)."""
+    if reverse is None:
+        reverse = _reverse_entries(idx)
     if unbiased:  # the unbiased HSIC zeroes diag(K)
-        values = _dd_where(rows != idx, values)
-    return idx, values, values, reverse
+        values = _dd_where(_rows_like(idx) != idx, values)
+    return idx, values, values, reverse[0]
+
+
+def _reverse_entries(idx: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """For each entry (i, j = idx[i, s]) of a graph: is (j, i) an entry too, and at which position of row j?"""
+    return membership(idx, idx, _rows_like(idx))
 
 
 def _cross_entries(
@@ -147,21 +155,21 @@ def _cross_entries(
     b: DD,
     *,
     unbiased: bool,
-    reverse_x: jax.Array | None = None,
+    reverse_x: tuple[jax.Array, jax.Array] | None = None,
     table_y: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, DD, DD, jax.Array]:
     """(cols, a, b, reverse) of sim(K, L) = HSIC(M∘K, M∘L), M = M_K∘M_L: the entries of graph_x that graph_y holds
     too (L_ij from its values). When one graph meets many, its parts may be passed precomputed: ``reverse_x``
-    (graph_x's own reverse entries, as :func:`_self_entries` finds them) and ``table_y`` (:func:`~jaxalign.neighbors.
-    sorted_rows` of graph_y)."""
-    rows = _rows_like(ix)
-    if table_y is None:
-        table_y = sorted_rows(iy)
-    in_y, pos_y = membership(iy, rows, ix, table=table_y)
-    if reverse_x is None:
-        reverse_x = membership(ix, ix, rows)[0]
-    reverse = reverse_x & membership(iy, ix, rows, table=table_y)[0]
-    mask = in_y & (rows != ix) if unbiased else in_y
+    (:func:`_reverse_entries` of graph_x) and ``table_y`` (:func:`~jaxalign.neighbors.sorted_rows` of graph_y, used
+    by the binary search of large rows).
+
+    An entry (i, j) is reversed in M when (j, i) is an entry of graph_x — at position p of row j — and graph_y
+    holds it, which is the membership of graph_x's entry (j, p) already found for row j: one gather, no search.
+    """
+    in_y, pos_y = row_membership(iy, ix, table=table_y)
+    found_x, at_x = _reverse_entries(ix) if reverse_x is None else reverse_x
+    reverse = found_x & in_y[ix, at_x]
+    mask = in_y & (_rows_like(ix) != ix) if unbiased else in_y
     b = (jnp.take_along_axis(b[0], pos_y, 1), jnp.take_along_axis(b[1], pos_y, 1))
     return ix, _dd_where(mask, a), _dd_where(mask, b), reverse
 

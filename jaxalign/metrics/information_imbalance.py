@@ -16,7 +16,7 @@ takes the k neighbours of each space from the same block (or from ``graph_x``/``
 engine :func:`~jaxalign.neighbors.knn`) and ranks them in the other space: r_ij = 1 + #{l : d(i, l) < d(i, j)}.
 Each count is made exact with a rigorous per-row round-off bound E_i (:func:`jaxalign._exact.expanded_bound`): one
 fused pass per neighbour counts the points certainly closer (computed d < t − 2E_i) and the band within 2E_i of
-the target t (with the sum of its indices, which names its one other member when the band holds two points); band
+the target t; a band of two points has its other member found by one more pass over that row only; band
 members are compared with the target again by double-float distances from the rows themselves. For k ≤ 64 the
 counts are one variadic reduce per neighbour (O(tile·N·k)); for larger k the band edges of each row are sorted once
 and every distance is placed among them by binary search, the counts following from histograms (O(tile·N·log k)).
@@ -63,48 +63,60 @@ WALK_CHUNK = 8
 
 
 def _band_reduce(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-    """Combine (count below, band size, band index sum)."""
-    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+    """Combine (count below, count up to the band's top)."""
+    return a[0] + b[0], a[1] + b[1]
+
+
+def _band_edges(target: jax.Array, bound: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The band [t − 2E, t + 2E] around target distances t (…, k) for per-row bounds E (…,): every decision of the
+    counts and of the band's members uses these very edges."""
+    return target - 2 * bound[..., None], target + 2 * bound[..., None]
 
 
 def _band_counts(dist: jax.Array, target: jax.Array, bound: jax.Array, *, search: bool) -> tuple[jax.Array, ...]:
-    """For a (tile, N) block and (tile, k) target distances t: #{l : d_l < t − 2E}, the band size #{l : |d_l − t| ≤
-    2E} (computed d_l ≥ t − 2E and ≤ t + 2E) and the sum of the band's indices, (tile, k) int32.
+    """For a (tile, N) block and (tile, k) target distances t: #{l : d_l < t − 2E} and the band size #{l : |d_l − t|
+    ≤ 2E} (computed d_l ≥ t − 2E and ≤ t + 2E), (tile, k) int32.
 
-    ``search=False``: one variadic reduce per target over the row, O(tile·N·k), never a (tile, k, N) array (XLA:CPU
-    runs a multi-output reduce several times faster than a plain sum of the comparison). ``search=True``: the edges
-    t − 2E and t + 2E of each row are sorted once and every distance is placed among them by binary search
-    (p_l = #{edges ≤ d_l}); histograms of p (counts and index sums) and their cumulative sums give every count at
-    every edge, O(tile·N·log k). The index sums are modulo 2^32, exact where they are used (bands of two).
+    ``search=False``: one two-output variadic reduce per target over the row, O(tile·N·k), never a (tile, k, N)
+    array (XLA:CPU runs a two-output reduce of the comparisons ~5x faster than a plain sum of one, and a third
+    output — the band's index sum, once carried here — made it 2.5x slower). ``search=True``: the edges t − 2E and
+    t + 2E of each row are sorted once and every distance is placed among them by binary search (p_l = #{edges ≤
+    d_l}); histograms of p and their cumulative sums give every count at every edge, O(tile·N·log k).
     """
-    lower, upper = target - 2 * bound[:, None], target + 2 * bound[:, None]
-    n, k = dist.shape[1], target.shape[1]
-    cols = jnp.arange(n, dtype=jnp.int32)
+    lower, upper = _band_edges(target, bound)
+    k = target.shape[1]
     if not search:
 
         def one(edges: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
             below = dist < edges[0][:, None]
-            band = (dist <= edges[1][:, None]) & ~below
-            parts = (below.astype(jnp.int32), band.astype(jnp.int32), jnp.where(band, cols, 0))
-            init = tuple(jnp.int32(v) for v in (0, 0, 0))
-            return jax.lax.reduce(parts, init, _band_reduce, (1,))
+            upto = dist <= edges[1][:, None]
+            init = (jnp.int32(0), jnp.int32(0))
+            return jax.lax.reduce((below.astype(jnp.int32), upto.astype(jnp.int32)), init, _band_reduce, (1,))
 
-        return tuple(a.T for a in jax.lax.map(one, (lower.T, upper.T)))
+        below, upto = (a.T for a in jax.lax.map(one, (lower.T, upper.T)))
+        return below, upto - below
 
     def row(d: jax.Array, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, ...]:
-        def cumulative(edges: jax.Array, side: str) -> tuple[jax.Array, jax.Array]:
-            p = jnp.searchsorted(edges, d, side=side)
-            counts = jnp.cumsum(jnp.zeros(k + 1, jnp.int32).at[p].add(1))
-            return counts, jnp.cumsum(jnp.zeros(k + 1, jnp.int32).at[p].add(cols))
+        def cumulative(edges: jax.Array, side: str) -> jax.Array:
+            return jnp.cumsum(jnp.zeros(k + 1, jnp.int32).at[jnp.searchsorted(edges, d, side=side)].add(1))
 
         lo_sorted, hi_sorted = jnp.sort(lo), jnp.sort(hi)
         # d_l < lo_j  <=>  #{edges <= d_l} <= #{edges < lo_j};  d_l <= hi_j  <=>  #{edges < d_l} <= #{edges < hi_j}
         at_lo, at_hi = jnp.searchsorted(lo_sorted, lo, side="left"), jnp.searchsorted(hi_sorted, hi, side="left")
-        below_count, below_sum = (a[at_lo] for a in cumulative(lo_sorted, "right"))
-        upto_count, upto_sum = (a[at_hi] for a in cumulative(hi_sorted, "left"))
-        return below_count, upto_count - below_count, upto_sum - below_sum
+        below = cumulative(lo_sorted, "right")[at_lo]
+        return below, cumulative(hi_sorted, "left")[at_hi] - below
 
     return jax.vmap(row)(dist, lower, upper)
+
+
+def _band_partner(dist: jax.Array, target: jax.Array, bound: jax.Array, targets: jax.Array) -> jax.Array:
+    """The other member of bands of two: for rows of a block ``dist`` (B, N), target distances (B,), bounds (B,) and
+    target indices (B,), the sum of the band's indices other than the target's (its one other member). One (B, N)
+    pass per call, made only for the entries whose band holds two points (rare: near-duplicates within round-off)."""
+    lower, upper = _band_edges(target[:, None], bound)
+    inside = (dist >= lower) & (dist <= upper)
+    cols = jnp.arange(dist.shape[1], dtype=jnp.int32)[None, :]
+    return jnp.where(inside & (cols != targets[:, None]), cols, 0).sum(1, dtype=jnp.int32)
 
 
 def _exact_ranks(
@@ -123,15 +135,15 @@ def _exact_ranks(
     use ``data`` times ``scale`` (a power of two, so the rows the block was computed from, exactly).
 
     Points certainly closer are counted from the block; the band within 2·bound of the target (the target itself
-    included) is decided by double-float distances from the uncentred ``data``. A band of two is named by its index
-    sum; the union of a row's larger bands is packed to the front of the row and each member decided once against
-    every target whose band holds it, BAND_WINDOW members at a time.
+    included) is decided by double-float distances from the uncentred ``data``. A band of two has its other member
+    found by one pass over its row (:func:`_band_partner`); the union of a row's larger bands is packed to the front
+    of the row and each member decided once against every target whose band holds it, BAND_WINDOW members at a time.
     With ``exact`` (lattice data) the block is exact and the band holds only genuine ties, which do not count.
     """
     t, k = targets.shape
     n = dist.shape[1]
     target = jnp.take_along_axis(dist, targets, 1)
-    below, band, band_sum = _band_counts(dist, target, bound, search=search)
+    below, band = _band_counts(dist, target, bound, search=search)
     ambiguous = (band >= 2) & ~exact
     pairs = ambiguous & (band == 2)
 
@@ -146,7 +158,7 @@ def _exact_ranks(
 
     def named(p: jax.Array, correction: jax.Array) -> jax.Array:
         r, m = jnp.minimum(p // k, t - 1), p % k
-        other = jnp.clip(band_sum[r, m] - targets[r, m], 0, n - 1)[:, None]  # band {j, o}: o = sum − j
+        other = jnp.clip(_band_partner(dist[r], target[r, m], bound[r], targets[r, m]), 0, n - 1)[:, None]
         closer = closer_than_target(r, m, other, jnp.ones_like(other, bool))
         return correction.reshape(-1).at[p].set(closer, mode="drop").reshape(t, k)
 
