@@ -8,8 +8,9 @@ pairwise public function on the same inputs. It works per model and per pass ove
    :func:`jaxalign.knn`.
 2. **Features** (no N x N work): linear CKA and unbiased CKA from each model's unit-scale features — one
    (d_a x N)·(N x Σ_b d_b) product per model gives every pair's XᵀY — and CKNNA / mutual kNN from the graphs
-   (O(N·k) per pair; CKNNA's float32 kernel entries are built once per model, as :func:`~jaxalign.metrics.cknna`
-   does).
+   (per pair, each row's two neighbour lists compared entry by entry in one fused pass, O(N·k²) without a gather,
+   :func:`jaxalign.neighbors.row_membership`; CKNNA's float32 kernel entries and each graph's reverse entries are
+   built once per model, as :func:`~jaxalign.metrics.cknna` does).
 3. **Distance pass** (units of rows): for a tile of rows, every model's (tile, N) squared-distance block is computed
    once (one GEMM) and serves both N² metrics:
 
