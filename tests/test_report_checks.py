@@ -69,6 +69,7 @@ def test_each_check_fails_when_the_numbers_contradict_it(change, index):
     checks = qualitative_checks(_results(**change))
     assert checks[index]["passed"] is False, checks[index]
     assert [c["passed"] for i, c in enumerate(checks) if i != index] == [True] * 5
+    assert check_tally(checks) == "5/6 pass, 1 fail"
 
 
 def test_cknna_rise_is_judged_below_n_over_10_only():

@@ -184,11 +184,14 @@ def qualitative_checks(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def check_tally(checks: Sequence[Mapping[str, Any]]) -> str:
-    """ "p/e pass" over the e evaluated checks, with the n/a ones counted apart (not as failures)."""
+    """ "p/e pass, f fail" over the e evaluated checks (the failures named, never left to subtraction), with the
+    n/a ones counted apart (not as failures)."""
     evaluated = [c for c in checks if c["passed"] is not None]
-    tally = f"{sum(c['passed'] for c in evaluated)}/{len(evaluated)} pass"
+    passed = sum(bool(c["passed"]) for c in evaluated)
+    tally = f"{passed}/{len(evaluated)} pass"
+    failed = len(evaluated) - passed
     skipped = len(checks) - len(evaluated)
-    return tally + (f", {skipped} n/a" if skipped else "")
+    return tally + (f", {failed} fail" if failed else "") + (f", {skipped} n/a" if skipped else "")
 
 
 def _not_evaluable(finding: str, why: str) -> dict[str, Any]:
