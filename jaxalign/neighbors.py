@@ -36,16 +36,7 @@ from jaxalign._checks import as_features, check_k
 from jaxalign._exact import exact_rescale, exact_top_k, expanded_bound, on_dyadic_lattice
 from jaxalign.tiling import TILE_BUDGET, default_tile, map_row_tiles, resolve_mesh, safe_sqrt
 
-__all__ = [
-    "METRICS",
-    "NeighborGraph",
-    "check_graph",
-    "knn",
-    "membership",
-    "neighbor_graph",
-    "resolve_graph",
-    "row_membership",
-]
+__all__ = ["METRICS", "NeighborGraph", "check_graph", "knn", "membership", "neighbor_graph", "resolve_graph"]
 
 METRICS = ("ip", "euclidean")
 
