@@ -76,7 +76,7 @@ from jaxalign.metrics.dcor import (
 from jaxalign.metrics.information_imbalance import COUNT_UP_TO_K, _exact_ranks, exact_count_sum
 from jaxalign.metrics.kernel import _linear_unbiased_hsic, normalized_ratio, unit_scale
 from jaxalign.metrics.knn_overlap import _mutual_core
-from jaxalign.neighbors import NeighborGraph, knn, sorted_rows
+from jaxalign.neighbors import COMPARE_UP_TO, NeighborGraph, knn, sorted_rows
 from jaxalign.tiling import pairwise_block, resolve_mesh, safe_sqrt, sum_row_tiles
 
 __all__ = ["METRICS", "pairwise_matrices"]
@@ -695,12 +695,13 @@ def _cknna_cross(
     reverse_x: tuple[jax.Array, jax.Array],
     iys: jax.Array,
     bs: df.DD,
-    tables: tuple[jax.Array, jax.Array],
+    tables: tuple[jax.Array, jax.Array] | None,
     *,
     exact: bool,
     batch: int,
 ) -> jax.Array:
-    """sim(K, L) of one model against a stack of models (M, N, k) with their sorted rows, ``batch`` at a time."""
+    """sim(K, L) of one model against a stack of models (M, N, k) with their sorted rows (None where rows are compared
+    entry by entry), ``batch`` at a time."""
 
     def one(args: tuple) -> jax.Array:
         iy, b, table = args
@@ -759,8 +760,10 @@ def _cknna_matrix(
     stacked_i = jnp.stack(indices)
     stacked_e = (jnp.stack([e[0] for e in entries]), jnp.stack([e[1] for e in entries]))
     batch = max(1, min(m, PAIR_BATCH // max(1, n * k)))
-    tables = [_sorted_rows(i) for i in indices]
-    stacked_t = (jnp.stack([t[0] for t in tables]), jnp.stack([t[1] for t in tables]))
+    stacked_t = None  # the binary search's tables, only for rows too long to compare entry by entry
+    if k * k > COMPARE_UP_TO:
+        tables = [_sorted_rows(i) for i in indices]
+        stacked_t = (jnp.stack([t[0] for t in tables]), jnp.stack([t[1] for t in tables]))
     for a in range(m):
         cols = np.flatnonzero(mask[a])
         if cols.size == 0:
