@@ -335,18 +335,20 @@ def _incremental(
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass, data_fields=["frame", "data", "scale", "norm", "exact"], meta_fields=[]
+    jax.tree_util.register_dataclass, data_fields=["frame", "data", "scale", "sq", "norm", "exact"], meta_fields=[]
 )
 @dataclasses.dataclass(frozen=True)
 class _Space:
     """One model's operands of the distance pass: dCor's :class:`~jaxalign.metrics.dcor.DistanceFrame` (whose rows
     also give the information-imbalance blocks), the model's own rows and the power of two that rescales them (the
-    double-float band decisions, no second copy), the row norms of the frame (round-off bounds) and the lattice flag
-    — as :mod:`jaxalign.metrics.dcor` and :mod:`jaxalign.metrics.information_imbalance` prepare them."""
+    double-float band decisions, no second copy), the frame's squared row norms (the blocks' expansion: summed once,
+    not on every tile) and their roots (round-off bounds), and the lattice flag — as :mod:`jaxalign.metrics.dcor` and
+    :mod:`jaxalign.metrics.information_imbalance` prepare them."""
 
     frame: DistanceFrame
     data: jax.Array
     scale: jax.Array
+    sq: jax.Array
     norm: jax.Array
     exact: jax.Array
 
@@ -355,12 +357,12 @@ class _Space:
 def _frame_parts(x: jax.Array, *, exponent: float) -> tuple[DistanceFrame, jax.Array, jax.Array, jax.Array]:
     _, exact, _ = expanded_frame(x)
     frame = distance_frame(x, exponent)
-    return frame, exact_rescale(x), jnp.sqrt((frame.rows * frame.rows).sum(1)), exact
+    return frame, exact_rescale(x), (frame.rows * frame.rows).sum(1), exact
 
 
 def _prepare(x: jax.Array, *, exponent: float) -> _Space:
-    frame, scale, norm, exact = _frame_parts(x, exponent=exponent)
-    return _Space(frame, x, scale, norm, exact)
+    frame, scale, sq, exact = _frame_parts(x, exponent=exponent)
+    return _Space(frame, x, scale, sq, jnp.sqrt(sq), exact)
 
 
 # ---- the distance pass ---------------------------------------------------------------------------------------------
@@ -398,7 +400,10 @@ def _pass_tile(
     used = cells.used
     diag = rows[:, None] == jnp.arange(n, dtype=rows.dtype)[None, :]  # a mask XLA fuses into each consumer
     frames = {i: spaces[i].frame for i in used}
-    blocks = {i: jnp.where(diag, 0.0, pairwise_block(f.rows[rows], f.rows, "sqeuclidean")) for i, f in frames.items()}
+    blocks = {
+        i: jnp.where(diag, 0.0, pairwise_block(f.rows[rows], f.rows, "sqeuclidean", b_sq=spaces[i].sq))
+        for i, f in frames.items()
+    }
     dtype = spaces[0].data.dtype
     out = {}
     if dcor:  # as distance_power_block, from the block shared with the ranks

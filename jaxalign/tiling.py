@@ -175,16 +175,18 @@ def safe_sqrt(x: jax.Array) -> jax.Array:
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
-def pairwise_block(a: jax.Array, b: jax.Array, metric: str) -> jax.Array:
+def pairwise_block(a: jax.Array, b: jax.Array, metric: str, *, b_sq: jax.Array | None = None) -> jax.Array:
     """Pairwise ``metric`` between the rows of ``a`` (tile, d) and ``b`` (N, d): an (tile, N) block.
 
     ``"ip"``: a bᵀ. ``"sqeuclidean"``: |a|² + |b|² − 2 a·b clamped at 0. ``"euclidean"``: its safe square root.
-    Centre the data first (distances are translation invariant) to keep the expanded formula accurate.
+    Centre the data first (distances are translation invariant) to keep the expanded formula accurate. ``b_sq``:
+    the (N,) |b|² when a loop over row tiles holds them (summed once, not re-read from ``b`` on every tile).
     """
     prod = jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)  # no TF32 on GPUs: exactness first
     if metric == "ip":
         return prod
-    sq = jnp.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * prod, 0.0)
+    b_sq = (b * b).sum(1) if b_sq is None else b_sq
+    sq = jnp.maximum((a * a).sum(1)[:, None] + b_sq[None, :] - 2.0 * prod, 0.0)
     if metric == "sqeuclidean":
         return sq
     if metric == "euclidean":

@@ -8,20 +8,31 @@ whatever the round-off. The reference everywhere is numpy in float64 with direct
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxalign.metrics.information_imbalance import COUNT_UP_TO_K, information_imbalance
+from jaxalign._exact import expanded_bound, expanded_frame
+from jaxalign.metrics.information_imbalance import (
+    COUNT_UP_TO_K,
+    SLOT_BAND,
+    _band_counts,
+    _exact_ranks,
+    information_imbalance,
+)
 from jaxalign.metrics.intrinsic_dimension import distinct_neighbor_distances, mle_id
 from jaxalign.neighbors import knn
+from jaxalign.tiling import pairwise_block
 
 
 def _sq(a: np.ndarray) -> np.ndarray:
@@ -113,6 +124,33 @@ def test_information_imbalance_exact_on_continuous_data_with_ties(kind, seed):
         got = np.asarray(information_imbalance(x, y, k=k))
         np.testing.assert_allclose(got, [rule(x, y, k), rule(y, x, k)], rtol=1e-6)
     EXAMPLES["continuous"] += 1
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_exact_ranks_decide_bands_of_every_size(search):
+    """Clusters of 1-12 near-duplicates (1e-7 apart, below float32 round-off at offset 10): a target in a cluster of
+    c points has a band of c, so one block holds bands of two (one pass), of 3-SLOT_BAND (one to four passes of the
+    slot path) and larger (the packed walk); every rank equals the float64 count of strictly closer points."""
+    rng = np.random.default_rng(7)
+    sizes = np.arange(1, 13).repeat(2)
+    centres = rng.normal(size=(len(sizes), 5))
+    x = np.concatenate([c * (1 + 1e-7 * rng.normal(size=(s, 5))) for c, s in zip(centres, sizes, strict=True)])
+    x = (x + 10).astype(np.float32)
+    n, k = len(x), 12
+    data, exact, frame = expanded_frame(x)
+    norm = np.sqrt((np.asarray(frame, np.float64) ** 2).sum(1)).astype(np.float32)
+    rows = np.arange(n, dtype=np.int32)
+    dist = np.array(pairwise_block(frame, frame, "sqeuclidean"))
+    np.fill_diagonal(dist, np.inf)
+    bound = expanded_bound(norm, norm.max(), x.shape[1], "sq")
+    targets = np.stack([rng.choice(np.delete(rows, i), k, replace=False) for i in rows]).astype(np.int32)
+    band = np.asarray(_band_counts(dist, np.take_along_axis(dist, targets, 1), bound, search=search)[1])
+    assert {2, 3, 4, SLOT_BAND, SLOT_BAND + 1} <= set(band.ravel().tolist())  # every path is taken
+    args = (jnp.asarray(dist), bound, jnp.asarray(targets), jnp.asarray(rows), data, exact)
+    got = jax.jit(functools.partial(_exact_ranks, search=search))(*args)
+    d64 = _sq(x)
+    want = 1 + (d64[:, None, :] < np.take_along_axis(d64, targets, 1)[:, :, None]).sum(-1)
+    np.testing.assert_array_equal(np.asarray(got), want)
 
 
 @pytest.mark.parametrize("dtypes", [(np.float32, np.float64), (np.float64, np.float32)])

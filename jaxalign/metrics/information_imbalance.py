@@ -16,10 +16,11 @@ takes the k neighbours of each space from the same block (or from ``graph_x``/``
 engine :func:`~jaxalign.neighbors.knn`) and ranks them in the other space: r_ij = 1 + #{l : d(i, l) < d(i, j)}.
 Each count is made exact with a rigorous per-row round-off bound E_i (:func:`jaxalign._exact.expanded_bound`): one
 fused pass per neighbour counts the points certainly closer (computed d < t − 2E_i) and the band within 2E_i of
-the target t; a band of two points has its other member found by one more pass over that row only; band
-members are compared with the target again by double-float distances from the rows themselves. For k ≤ 64 the
-counts are one variadic reduce per neighbour (O(tile·N·k)); for larger k the band edges of each row are sorted once
-and every distance is placed among them by binary search, the counts following from histograms (O(tile·N·log k)).
+the target t; small bands (near-ties, up to SLOT_BAND points) have their members named by passes over the whole
+block, two per pass (a row's s-th small band in pass s); band members are compared with the target again by
+double-float distances from the rows themselves. For k ≤ 64 the counts are one variadic reduce per neighbour
+(O(tile·N·k)); for larger k the band edges of each row are sorted once and every distance is placed among them by
+binary search, the counts following from histograms (O(tile·N·log k)).
 
 Ties: DADApy's rank is j's position in scikit-learn's ``argsort`` of row i, whose order among equal distances is
 unspecified (even the point itself need not come first when rows are duplicated). We use the smallest tied
@@ -42,7 +43,6 @@ from jax.sharding import Mesh
 from jaxalign import _double_float as df
 from jaxalign._checks import as_features, check_k, check_same_n, check_variance
 from jaxalign._exact import (
-    ENTRY_CHUNK,
     exact_top_k,
     expanded_bound,
     expanded_frame,
@@ -57,7 +57,9 @@ __all__ = ["COUNT_UP_TO_K", "information_imbalance"]
 #: among the k sorted targets. On CPU the count wins below k ≈ 64 (N = 4000-10000, tile 256-512); sorting whole rows
 #: was ~20x slower than either at k = 32.
 COUNT_UP_TO_K = 64
-#: Bands of more than two (ties, duplicated rows) are decided BAND_WINDOW members at a time, WALK_CHUNK rows at once.
+#: Bands of up to SLOT_BAND points (near-ties) are decided by passes over the whole block, two members per pass;
+#: larger ones (ties, duplicated rows) BAND_WINDOW members at a time, WALK_CHUNK rows at once.
+SLOT_BAND = 8
 BAND_WINDOW = 32
 WALK_CHUNK = 8
 
@@ -109,14 +111,22 @@ def _band_counts(dist: jax.Array, target: jax.Array, bound: jax.Array, *, search
     return jax.vmap(row)(dist, lower, upper)
 
 
-def _band_partner(dist: jax.Array, target: jax.Array, bound: jax.Array, targets: jax.Array) -> jax.Array:
-    """The other member of bands of two: for rows of a block ``dist`` (B, N), target distances (B,), bounds (B,) and
-    target indices (B,), the sum of the band's indices other than the target's (its one other member). One (B, N)
-    pass per call, made only for the entries whose band holds two points (rare: near-duplicates within round-off)."""
-    lower, upper = _band_edges(target[:, None], bound)
-    inside = (dist >= lower) & (dist <= upper)
-    cols = jnp.arange(dist.shape[1], dtype=jnp.int32)[None, :]
-    return jnp.where(inside & (cols != targets[:, None]), cols, 0).sum(1, dtype=jnp.int32)
+def _members_reduce(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """Combine (lowest index, highest index)."""
+    return jnp.minimum(a[0], b[0]), jnp.maximum(a[1], b[1])
+
+
+def _band_ends(dist: jax.Array, lower: jax.Array, upper: jax.Array, outside: jax.Array, after: jax.Array,
+               before: jax.Array) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    """For each row of a (t, N) block: the lowest and highest index l with after < l < before, l ≠ outside and
+    lower ≤ d_l ≤ upper (N and −1 where none), from one two-output variadic reduce over the block (XLA:CPU runs it
+    ~2x faster than a single-output min of the same comparisons)."""
+    n = dist.shape[1]
+    cols = jnp.arange(n, dtype=jnp.int32)[None, :]
+    inside = (dist >= lower[:, None]) & (dist <= upper[:, None]) & (cols != outside[:, None])
+    inside &= (cols > after[:, None]) & (cols < before[:, None])
+    init = (jnp.int32(n), jnp.int32(-1))
+    return jax.lax.reduce((jnp.where(inside, cols, n), jnp.where(inside, cols, -1)), init, _members_reduce, (1,))
 
 
 def _exact_ranks(
@@ -135,9 +145,11 @@ def _exact_ranks(
     use ``data`` times ``scale`` (a power of two, so the rows the block was computed from, exactly).
 
     Points certainly closer are counted from the block; the band within 2·bound of the target (the target itself
-    included) is decided by double-float distances from the uncentred ``data``. A band of two has its other member
-    found by one pass over its row (:func:`_band_partner`); the union of a row's larger bands is packed to the front
-    of the row and each member decided once against every target whose band holds it, BAND_WINDOW members at a time.
+    included) is decided by double-float distances from the uncentred ``data``. Bands of at most SLOT_BAND points
+    (near-ties) are decided slot by slot over the whole block: slot s holds each row's s-th such target, and every
+    pass over the block names the lowest and the highest of its band's remaining members (:func:`_band_ends`), so a
+    band of two or three takes one pass. The union of a row's larger bands (duplicates) is packed to the front of the
+    row and each member decided once against every target whose band holds it, BAND_WINDOW members at a time.
     With ``exact`` (lattice data) the block is exact and the band holds only genuine ties, which do not count.
     """
     t, k = targets.shape
@@ -145,7 +157,8 @@ def _exact_ranks(
     target = jnp.take_along_axis(dist, targets, 1)
     below, band = _band_counts(dist, target, bound, search=search)
     ambiguous = (band >= 2) & ~exact
-    pairs = ambiguous & (band == 2)
+    small = ambiguous & (band <= SLOT_BAND)
+    lanes = jnp.arange(t)
 
     def row_key(r: jax.Array, cols: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Double-float ‖x_i − x_l‖² of tile rows r (B,) against points cols (B, c)."""
@@ -156,22 +169,41 @@ def _exact_ranks(
         hi, lo = row_key(r, jnp.concatenate([targets[r, m][:, None], others], 1))
         return (df.less((hi[:, 1:], lo[:, 1:]), (hi[:, :1], lo[:, :1])) & valid).sum(1, dtype=jnp.int32)
 
-    def named(p: jax.Array, correction: jax.Array) -> jax.Array:
-        r, m = jnp.minimum(p // k, t - 1), p % k
-        other = jnp.clip(_band_partner(dist[r], target[r, m], bound[r], targets[r, m]), 0, n - 1)[:, None]
-        closer = closer_than_target(r, m, other, jnp.ones_like(other, bool))
-        return correction.reshape(-1).at[p].set(closer, mode="drop").reshape(t, k)
+    slot_of = jnp.where(small, jnp.cumsum(small, axis=1, dtype=jnp.int32) - 1, -1)
 
-    correction = for_each_true(pairs, ENTRY_CHUNK, named, jnp.zeros((t, k), jnp.int32))
+    def slot(s: jax.Array, correction: jax.Array) -> jax.Array:
+        """Each row's s-th small band: its members other than the target, two per pass, lowest and highest first."""
+        here = slot_of == s
+        has = here.any(1)
+        m = jnp.argmax(here, axis=1)
+        j, lower, upper = targets[lanes, m], *(e[lanes, m] for e in _band_edges(target, bound))
+        left0 = jnp.where(has, band[lanes, m] - 1, 0)
+
+        def members(state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+            after, before, left, closer = state
+            a, b = _band_ends(dist, lower, upper, j, after, before)
+            found_a = (left > 0) & (a < n)
+            found_b = (left > 1) & (b > a)
+            both = jnp.stack([jnp.clip(a, 0, n - 1), jnp.clip(b, 0, n - 1)], 1)
+            closer = closer + closer_than_target(lanes, m, both, jnp.stack([found_a, found_b], 1))
+            # a row whose pass names no member is done (counts and members use the very same edges)
+            left = jnp.where(found_a, left - 1 - found_b, 0)
+            return a, b, left, closer
+
+        start = (jnp.full(t, -1, jnp.int32), jnp.full(t, n, jnp.int32), left0, jnp.zeros(t, jnp.int32))
+        closer = jax.lax.while_loop(lambda st: (st[2] > 0).any(), members, start)[3]
+        return correction.at[lanes, m].set(jnp.where(has, closer, correction[lanes, m]))
+
+    correction = jax.lax.fori_loop(0, small.sum(1).max(), slot, jnp.zeros((t, k), jnp.int32))
     cols = jnp.arange(n, dtype=jnp.int32)
 
     width = -(-n // BAND_WINDOW) * BAND_WINDOW
-    big = ambiguous & ~pairs
+    big = ambiguous & ~small
 
     def walked(p: jax.Array, correction: jax.Array) -> jax.Array:
-        """Rows p with bands of more than two: the union of their bands is packed to the front of the row once and
-        each member's double-float distance is computed once, then compared with every target whose band holds it
-        (tied targets share one band: e.g. a fingerprint's many equidistant structures)."""
+        """Rows p with bands of more than SLOT_BAND points: the union of their bands is packed to the front of the row
+        once and each member's double-float distance is computed once, then compared with every target whose band
+        holds it (tied targets share one band: e.g. a fingerprint's many equidistant structures)."""
         r = jnp.minimum(p, t - 1)
         e = 2 * bound[r][:, None]
         need = big[r]  # (B, k)
