@@ -425,10 +425,7 @@ def _pass_tile(
         else:
             sq = jnp.zeros(m, dtype).at[jnp.asarray(used)].set(jnp.stack([(powers[i] ** 2).sum() for i in used]))
         out["cross"], out["sq"] = df.lift(cross), df.lift(sq)
-        if cells.full:  # from the models-last copy: the powers then have that one consumer, fused into it
-            sums = left.reshape(t, n, m).sum(1).T
-        else:
-            sums = jnp.stack([powers[i].sum(1) if i in powers else jnp.zeros(t, dtype) for i in range(m)])
+        sums = jnp.stack([powers[i].sum(1) if i in powers else jnp.zeros(t, dtype) for i in range(m)])
         out["row"] = jnp.zeros((m, length), dtype).at[:, rows - start].add(sums * valid[None, :])
     if ii_k:
         kmax = ii_k[-1]
