@@ -17,7 +17,6 @@ sum of the expanded formula is an integer multiple of 2^(2s−1) smaller than 2^
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -248,52 +247,8 @@ def exact_top_k(
     get double-float keys (a few per cent of the entries; a loop over them only) and are sorted in place. Uncertified
     rows (and, without ``ordered``, rows whose boundary gap is within 2·bound) go through the scores in windows, best
     first, with double-float keys, until a window ends 2·bound below the k-th score: every point that could be in
-    the top k was then keyed. With k = 1, one max pass and one count over each row come first: a row is certified
-    when no other score is within 2·bound of its best (the count of scores ≥ best − 2·bound is 1, and the index sum
-    of those scores is the best's index), and a tile whose rows are all certified skips ``lax.top_k`` (~3x the cost
-    of the two passes on XLA:CPU, which also materialises the block for it).
+    the top k was then keyed.
     """
-    t, n = score.shape
-    general = functools.partial(
-        _top_k_from_candidates, score, bound, queries, reference, exact, k=k, metric=metric, exclude_self=exclude_self,
-        ordered=ordered, scale=scale,
-    )  # fmt: skip
-    if k != 1 or k + extra_candidates(k) >= (n - 1 if exclude_self else n):
-        return general()
-    index, best, certified = _certified_best(score, bound)
-    return jax.lax.cond(certified.all(), lambda: (index[:, None], best[:, None], jnp.zeros((t, 1), bool)), general)
-
-
-def _add_two(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-    return a[0] + b[0], a[1] + b[1]
-
-
-def _certified_best(score: jax.Array, bound: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(index, best score, certified) of each row of a (t, n) score block: certified when every other score is more
-    than 2·bound below the best (so the best is the exact best); the index is then the index sum of the scores within
-    2·bound of the best, from one two-output reduce (XLA:CPU runs it at the speed of a plain count)."""
-    best = score.max(1)
-    near = score >= (best - 2 * bound)[:, None]
-    cols = jnp.arange(score.shape[1], dtype=jnp.int32)[None, :]
-    init = (jnp.int32(0), jnp.int32(0))
-    count, index = jax.lax.reduce((near.astype(jnp.int32), jnp.where(near, cols, 0)), init, _add_two, (1,))
-    return index, best, count == 1
-
-
-def _top_k_from_candidates(
-    score: jax.Array,
-    bound: jax.Array,
-    queries: jax.Array,
-    reference: jax.Array,
-    exact: jax.Array,
-    *,
-    k: int,
-    metric: str,
-    exclude_self: bool,
-    ordered: bool,
-    scale: jax.Array | float,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """:func:`exact_top_k` from ``lax.top_k``'s candidates (the algorithm in its docstring)."""
     t, n = score.shape
     available = n - 1 if exclude_self else n
     kc = min(k + extra_candidates(k), available)
