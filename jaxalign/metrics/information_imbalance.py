@@ -247,8 +247,8 @@ def _rank_sums_tile(
     centred_y: jax.Array,
     x: jax.Array,
     y: jax.Array,
-    norm_x: jax.Array,
-    norm_y: jax.Array,
+    sq_x: jax.Array,
+    sq_y: jax.Array,
     exact: jax.Array,
     nbr_x: jax.Array,
     nbr_y: jax.Array,
@@ -264,9 +264,9 @@ def _rank_sums_tile(
     """
     t = rows.shape[0]
     spaces = []
-    for s, (centred, data, norm) in enumerate(((centred_x, x, norm_x), (centred_y, y, norm_y))):
-        dist = pairwise_block(centred[rows], centred, "sqeuclidean").at[jnp.arange(t), rows].set(jnp.inf)
-        bound = jnp.where(exact[s], 0.0, expanded_bound(norm[rows], norm.max(), data.shape[1], "sq"))
+    for s, (centred, data, sq) in enumerate(((centred_x, x, sq_x), (centred_y, y, sq_y))):
+        dist = pairwise_block(centred[rows], centred, "sqeuclidean", b_sq=sq).at[jnp.arange(t), rows].set(jnp.inf)
+        bound = jnp.where(exact[s], 0.0, expanded_bound(jnp.sqrt(sq[rows]), jnp.sqrt(sq.max()), data.shape[1], "sq"))
         spaces.append((dist, bound, data, exact[s]))
 
     def neighbours(nbr: jax.Array, space: tuple[jax.Array, ...]) -> jax.Array:
@@ -315,9 +315,9 @@ def _information_imbalance(
         expanded_frame(jax.lax.stop_gradient(a).astype(dtype)) for a in (x, y)
     )
     exact, centred = [exact_x, exact_y], [centred_x, centred_y]
-    norms = [jnp.sqrt((c * c).sum(1)) for c in centred]
+    sq = [(c * c).sum(1) for c in centred]  # once, not on every tile
     fn = functools.partial(_rank_sums_tile, k=k, search=search)
-    operands = (*centred, x, y, *norms, jnp.stack(exact), nbr_x, nbr_y)
+    operands = (*centred, x, y, *sq, jnp.stack(exact), nbr_x, nbr_y)
     x_to_y, y_to_x = map_row_tiles(fn, n, *operands, tile=tile, mesh=mesh)
     scale = 2.0 / (n * n * k)
     return jnp.stack([_exact_total(x_to_y, dtype), _exact_total(y_to_x, dtype)]) * scale
