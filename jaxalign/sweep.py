@@ -437,8 +437,8 @@ def _pass_tile(
             d = space.data.shape[1]
             bounds[i] = jnp.where(space.exact, 0.0, expanded_bound(space.norm[rows], space.norm.max(), d, "sq"))
             near[i] = exact_top_k(
-                -dists[i], bounds[i], space.data[rows], space.data, space.exact, k=kmax, metric="euclidean",
-                exclude_self=True, ordered=len(ii_k) > 1, scale=space.scale,
+                dists[i], bounds[i], space.data[rows], space.data, space.exact, k=kmax, metric="euclidean",
+                exclude_self=True, ordered=len(ii_k) > 1, scale=space.scale, descending=False,
             )[0]  # fmt: skip
         near_of: dict[tuple[int, ...], jax.Array] = {}
         totals_hi, totals_lo = [], []

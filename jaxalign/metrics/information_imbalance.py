@@ -274,7 +274,8 @@ def _rank_sums_tile(
             return nbr[rows]
         dist, bound, data, flag = space
         return exact_top_k(
-            -dist, bound, data[rows], data, flag, k=k, metric="euclidean", exclude_self=True, ordered=False
+            dist, bound, data[rows], data, flag, k=k, metric="euclidean", exclude_self=True, ordered=False,
+            descending=False,
         )[0]
 
     near_x, near_y = neighbours(nbr_x, spaces[0]), neighbours(nbr_y, spaces[1])
