@@ -6,7 +6,8 @@ pure value with static capacity ``k``: build it once with :func:`knn`, pass it t
 
 For each row tile T the engine forms the fast score block S = X[T] Yᵀ (``metric="ip"``) or X[T] Yᵀ − |y|²/2 of the
 centred data (``metric="euclidean"``: −D²/2 up to a per-row constant), removes the point itself *by index* (never by
-value, so duplicates stay neighbours) and keeps ``lax.top_k`` of k + m candidates. The answer is then made exact
+value, so duplicates stay neighbours) and keeps the k + m best candidates (``lax.top_k``, in two stages on long rows:
+chunk maxima, then the best chunks). The answer is then made exact
 (:func:`jaxalign._exact.exact_top_k`): each row's round-off is bounded rigorously (γ_d |x||y|, Higham 2002 §3.1);
 a row whose k-th score beats its last candidate's by more than twice the bound has its k neighbours among the
 candidates, in score order except within runs of scores closer than twice the bound, which are re-ranked by

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jaxalign._exact import extra_candidates
+from jaxalign._exact import TOP_K_CHUNK, _partial_top_k, extra_candidates
 from jaxalign.metrics.intrinsic_dimension import mle_id, twonn
 from jaxalign.neighbors import knn
 
@@ -162,6 +162,53 @@ def test_groups_larger_than_the_candidate_margin():
     for metric in ("euclidean", "ip"):
         assert_exact(x.astype(np.float32), k, metric)
         assert_exact(x.astype(np.float32), k, metric, tile=13)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The two-stage top-k of long rows (chunk maxima, then the best chunks) is lax.top_k, ties and -inf included
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    kind=st.sampled_from(["uniform", "ties", "sparse", "few", "duplicated"]),
+    k=st.sampled_from([1, 4, 9, 30]),
+    n=st.sampled_from([4 * 64 * 30, 4 * 64 * 30 + 37]),
+)
+def test_two_stage_top_k_equals_lax_top_k(seed, kind, k, n):
+    """Values and indices equal lax.top_k's, whose order among equal values is the lower index: integer ties, rows
+    mostly −inf (the self-exclusion of a search), fewer finite values than k, and whole duplicated chunks."""
+    rng = np.random.default_rng(seed)
+    t = 5
+    assert -(-n // TOP_K_CHUNK) >= 4 * k  # the two-stage path
+    if kind == "uniform":
+        x = rng.random((t, n)).astype(np.float32)
+    elif kind == "ties":
+        x = rng.integers(0, 4, (t, n)).astype(np.float32)
+    elif kind == "sparse":
+        x = rng.integers(0, 3, (t, n)).astype(np.float32)
+        x[:, rng.random(n) < 0.95] = -np.inf
+    elif kind == "few":
+        x = np.full((t, n), -np.inf, np.float32)
+        x[:, rng.integers(0, n, 3)] = 1.0
+    else:
+        chunk = rng.random((t, TOP_K_CHUNK)).astype(np.float32)
+        x = np.tile(chunk, (1, -(-n // TOP_K_CHUNK)))[:, :n]
+    want = jax.lax.top_k(jnp.asarray(x), k)
+    got = jax.jit(_partial_top_k, static_argnums=1)(jnp.asarray(x), k, jnp.asarray(False))
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+    np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+
+
+@pytest.mark.parametrize("kind", ["clusters", "duplicates", "crowd", "smallint"])
+def test_knn_exact_on_rows_long_enough_for_the_two_stage_top_k(kind):
+    """N = 1,600 points: k + m candidates come from the two-stage top-k (N / TOP_K_CHUNK ≥ 4 (k + m)); the graph is
+    the float64 brute force's for near-duplicates, duplicates, a crowd of near-ties and integer ties."""
+    x = adversarial(kind, seed=5, scale=1.0, offset=1e3, rel=1e-5, n=1600).astype(np.float32)
+    k = 3
+    assert -(-1600 // TOP_K_CHUNK) >= 4 * (k + extra_candidates(k))
+    for metric in ("euclidean", "ip"):
+        assert_exact(x, k, metric, tile=64)
 
 
 # --------------------------------------------------------------------------------------------------------------------
