@@ -274,7 +274,15 @@ def _rank_sums_tile(
             return nbr[rows]
         dist, bound, data, flag = space
         return exact_top_k(
-            dist, bound, data[rows], data, flag, k=k, metric="euclidean", exclude_self=True, ordered=False,
+            dist,
+            bound,
+            data[rows],
+            data,
+            flag,
+            k=k,
+            metric="euclidean",
+            exclude_self=True,
+            ordered=False,
             descending=False,
         )[0]
 
