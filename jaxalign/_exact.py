@@ -316,11 +316,11 @@ def _certified_best(
     score: jax.Array, bound: jax.Array, exact: jax.Array, *, descending: bool
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(best score, index, certified) of each row of a (t, n) score block (larger is better, or smaller where not
-    ``descending``), without ``lax.top_k``: one max (min) pass, then
-    one two-output reduce over the scores within 2·bound of the best — their count and lowest index. A row is
-    certified when that count is 1 (no other point can be the exact best) or the scores are exact (genuine ties: the
-    lowest index). XLA:CPU runs the two passes in ~1/3 of ``lax.top_k``'s time, which also needs the block
-    materialised."""
+    ``descending``), without ``lax.top_k``: one max (min) pass, then one two-output reduce over the scores within
+    2·bound of the best — their count and lowest index. A row is certified when that count is 1 (no other point can
+    be the exact best) or the scores are exact (genuine ties: the lowest index). XLA:CPU fuses the first pass into
+    the block's products and runs both in a fraction of ``lax.top_k``'s time (which also needs the block
+    materialised)."""
     margin = jnp.where(exact, 0.0, 2 * bound)
     if descending:
         best = score.max(1)
