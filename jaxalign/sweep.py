@@ -400,8 +400,10 @@ def _pass_tile(
     used = cells.used
     diag = rows[:, None] == jnp.arange(n, dtype=rows.dtype)[None, :]  # a mask XLA fuses into each consumer
     frames = {i: spaces[i].frame for i in used}
+    # +inf on the diagonal: the blocks are the information-imbalance distances as they are (self excluded), and
+    # dCor's powers put its 0 back in their own fusion — one (tile, N) array per model, not two
     blocks = {
-        i: jnp.where(diag, 0.0, pairwise_block(f.rows[rows], f.rows, "sqeuclidean", b_sq=spaces[i].sq))
+        i: jnp.where(diag, jnp.inf, pairwise_block(f.rows[rows], f.rows, "sqeuclidean", b_sq=spaces[i].sq))
         for i, f in frames.items()
     }
     dtype = spaces[0].data.dtype
@@ -409,7 +411,11 @@ def _pass_tile(
     if dcor:  # as distance_power_block, from the block shared with the ranks
         weight = valid.astype(dtype)[:, None]
         powers = {
-            i: (_safe_power(b * (frames[i].factor * frames[i].factor), exponent / 2.0) - frames[i].shift) * weight
+            i: (
+                jnp.where(diag, 0.0, _safe_power(b * (frames[i].factor * frames[i].factor), exponent / 2.0))
+                - frames[i].shift
+            )
+            * weight
             for i, b in blocks.items()
         }
 
@@ -420,24 +426,24 @@ def _pass_tile(
         left = flat(cells.left)
         right = left if cells.right == cells.left else flat(cells.right)
         cross = jnp.matmul(left.T, right, precision=jax.lax.Precision.HIGHEST)
-        if cells.full:
+        if cells.full:  # the row sums from the stacked powers: each model's powers are formed once, in the stack
             sq = jnp.diagonal(cross)
+            sums = left.reshape(t, n, m).sum(1).T
         else:
             sq = jnp.zeros(m, dtype).at[jnp.asarray(used)].set(jnp.stack([(powers[i] ** 2).sum() for i in used]))
+            sums = jnp.stack([powers[i].sum(1) if i in powers else jnp.zeros(t, dtype) for i in range(m)])
         out["cross"], out["sq"] = df.lift(cross), df.lift(sq)
-        sums = jnp.stack([powers[i].sum(1) if i in powers else jnp.zeros(t, dtype) for i in range(m)])
         out["row"] = jnp.zeros((m, length), dtype).at[:, rows - start].add(sums * valid[None, :])
     if ii_k:
         kmax = ii_k[-1]
         zero = jnp.zeros((m, len(ii_k)), dtype)
-        dists, bounds, near = {}, {}, {}
+        bounds, near = {}, {}
         for i in used:  # every model's exact Euclidean neighbours of the tile's rows, from its own block
             space = spaces[i]
-            dists[i] = jnp.where(diag, jnp.inf, blocks[i])
             d = space.data.shape[1]
             bounds[i] = jnp.where(space.exact, 0.0, expanded_bound(space.norm[rows], space.norm.max(), d, "sq"))
             near[i] = exact_top_k(
-                dists[i], bounds[i], space.data[rows], space.data, space.exact, k=kmax, metric="euclidean",
+                blocks[i], bounds[i], space.data[rows], space.data, space.exact, k=kmax, metric="euclidean",
                 exclude_self=True, ordered=len(ii_k) > 1, scale=space.scale, descending=False,
             )[0]  # fmt: skip
         near_of: dict[tuple[int, ...], jax.Array] = {}
@@ -453,7 +459,7 @@ def _pass_tile(
                 near_of[sources] = jnp.stack([near[s] for s in sources], 1).reshape(t, len(sources) * kmax)
             search = len(sources) * kmax > COUNT_UP_TO_K
             ranks = _exact_ranks(
-                dists[target], bounds[target], near_of[sources], rows, space.data, space.exact, search=search,
+                blocks[target], bounds[target], near_of[sources], rows, space.data, space.exact, search=search,
                 scale=space.scale,
             )  # fmt: skip
             upto = jnp.cumsum(ranks.reshape(t, len(sources), kmax), axis=2)[:, :, jnp.asarray(ii_k) - 1]

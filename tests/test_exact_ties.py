@@ -126,11 +126,12 @@ def test_information_imbalance_exact_on_continuous_data_with_ties(kind, seed):
     EXAMPLES["continuous"] += 1
 
 
-@pytest.mark.parametrize("search", [False, True])
-def test_exact_ranks_decide_bands_of_every_size(search):
+def _check_exact_ranks(repeated: bool, search: bool) -> None:
     """Clusters of 1-12 near-duplicates (1e-7 apart, below float32 round-off at offset 10): a target in a cluster of
     c points has a band of c, so one block holds bands of two (one pass), of 3-SLOT_BAND (one to four passes of the
-    slot path) and larger (the packed walk); every rank equals the float64 count of strictly closer points."""
+    slot path) and larger (the packed walk); every rank equals the float64 count of strictly closer points.
+    ``repeated``: each row's 12 targets drawn with replacement from 1-6 candidates, as the sweep's sources share a
+    row's nearest neighbour — rows with different numbers of distinct targets, each decided once."""
     rng = np.random.default_rng(7)
     sizes = np.arange(1, 13).repeat(2)
     centres = rng.normal(size=(len(sizes), 5))
@@ -143,7 +144,12 @@ def test_exact_ranks_decide_bands_of_every_size(search):
     dist = np.array(pairwise_block(frame, frame, "sqeuclidean"))
     np.fill_diagonal(dist, np.inf)
     bound = expanded_bound(norm, norm.max(), x.shape[1], "sq")
-    targets = np.stack([rng.choice(np.delete(rows, i), k, replace=False) for i in rows]).astype(np.int32)
+    if repeated:
+        pools = [rng.choice(np.delete(rows, i), rng.integers(1, 7), replace=False) for i in rows]
+        targets = np.stack([rng.choice(pool, k) for pool in pools]).astype(np.int32)
+        assert len({len(set(t)) for t in targets.tolist()}) == 6  # 1 to 6 distinct targets per row
+    else:
+        targets = np.stack([rng.choice(np.delete(rows, i), k, replace=False) for i in rows]).astype(np.int32)
     band = np.asarray(_band_counts(dist, np.take_along_axis(dist, targets, 1), bound, search=search)[1])
     assert {2, 3, 4, SLOT_BAND, SLOT_BAND + 1} <= set(band.ravel().tolist())  # every path is taken
     args = (jnp.asarray(dist), bound, jnp.asarray(targets), jnp.asarray(rows), data, exact)
@@ -151,6 +157,16 @@ def test_exact_ranks_decide_bands_of_every_size(search):
     d64 = _sq(x)
     want = 1 + (d64[:, None, :] < np.take_along_axis(d64, targets, 1)[:, :, None]).sum(-1)
     np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_exact_ranks_decide_bands_of_every_size(search):
+    _check_exact_ranks(False, search)
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_exact_ranks_decide_repeated_targets_once(search):
+    _check_exact_ranks(True, search)
 
 
 @pytest.mark.parametrize("dtypes", [(np.float32, np.float64), (np.float64, np.float32)])

@@ -75,27 +75,32 @@ def _band_edges(target: jax.Array, bound: jax.Array) -> tuple[jax.Array, jax.Arr
     return target - 2 * bound[..., None], target + 2 * bound[..., None]
 
 
-def _band_counts(dist: jax.Array, target: jax.Array, bound: jax.Array, *, search: bool) -> tuple[jax.Array, ...]:
+def _band_counts(
+    dist: jax.Array, target: jax.Array, bound: jax.Array, *, search: bool, columns: jax.Array | None = None
+) -> tuple[jax.Array, ...]:
     """For a (tile, N) block and (tile, k) target distances t: #{l : d_l < t − 2E} and the band size #{l : |d_l − t|
     ≤ 2E} (computed d_l ≥ t − 2E and ≤ t + 2E), (tile, k) int32.
 
     ``search=False``: one two-output variadic reduce per target over the row, O(tile·N·k), never a (tile, k, N)
     array (XLA:CPU runs a two-output reduce of the comparisons ~5x faster than a plain sum of one, and a third
-    output — the band's index sum, once carried here — made it 2.5x slower). ``search=True``: the edges t − 2E and
+    output — the band's index sum, once carried here — made it 2.5x slower); with ``columns`` (traced int) only
+    the first ``columns`` targets are counted, the others are 0. ``search=True``: the edges t − 2E and
     t + 2E of each row are sorted once and every distance is placed among them by binary search (p_l = #{edges ≤
     d_l}); histograms of p and their cumulative sums give every count at every edge, O(tile·N·log k).
     """
-    lower, upper = _band_edges(target, bound)
+    lower, upper = (jnp.asarray(e) for e in _band_edges(target, bound))
     k = target.shape[1]
     if not search:
 
-        def one(edges: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
-            below = dist < edges[0][:, None]
-            upto = dist <= edges[1][:, None]
+        def one(c: jax.Array, counts: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
+            below = dist < lower[:, c, None]
+            upto = dist <= upper[:, c, None]
             init = (jnp.int32(0), jnp.int32(0))
-            return jax.lax.reduce((below.astype(jnp.int32), upto.astype(jnp.int32)), init, _band_reduce, (1,))
+            got = jax.lax.reduce((below.astype(jnp.int32), upto.astype(jnp.int32)), init, _band_reduce, (1,))
+            return tuple(a.at[:, c].set(b) for a, b in zip(counts, got, strict=True))
 
-        below, upto = (a.T for a in jax.lax.map(one, (lower.T, upper.T)))
+        zeros = jnp.zeros(target.shape, jnp.int32)
+        below, upto = jax.lax.fori_loop(0, k if columns is None else columns, one, (zeros, zeros))
         return below, upto - below
 
     def row(d: jax.Array, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, ...]:
@@ -129,6 +134,20 @@ def _band_ends(dist: jax.Array, lower: jax.Array, upper: jax.Array, outside: jax
     return jax.lax.reduce((jnp.where(inside, cols, n), jnp.where(inside, cols, -1)), init, _members_reduce, (1,))
 
 
+def _distinct(targets: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Each row's distinct targets (tile, k) packed to the front in increasing order (the rest repeat the row's
+    smallest), their number per row (tile,), and the packed position of every original entry (tile, k): one rank
+    per distinct target decides them all (the sweep's sources often share a row's nearest neighbour)."""
+    t, k = targets.shape
+    lanes = jnp.arange(t)[:, None]
+    order = jnp.argsort(targets, axis=1)
+    ordered = jnp.take_along_axis(targets, order, 1)
+    first = jnp.concatenate([jnp.ones((t, 1), bool), ordered[:, 1:] != ordered[:, :-1]], 1)
+    slot = jnp.cumsum(first, axis=1, dtype=jnp.int32) - 1
+    packed = jnp.broadcast_to(ordered[:, :1], (t, k)).at[lanes, slot].set(ordered)
+    return packed, slot[:, -1] + 1, jnp.zeros((t, k), jnp.int32).at[lanes, order].set(slot)
+
+
 def _exact_ranks(
     dist: jax.Array,
     bound: jax.Array,
@@ -151,12 +170,14 @@ def _exact_ranks(
     band of two or three takes one pass. The union of a row's larger bands (duplicates) is packed to the front of the
     row and each member decided once against every target whose band holds it, BAND_WINDOW members at a time.
     With ``exact`` (lattice data) the block is exact and the band holds only genuine ties, which do not count.
+    Repeated targets of a row (:func:`_distinct`) are counted and decided once.
     """
     t, k = targets.shape
     n = dist.shape[1]
+    targets, distinct, position = _distinct(targets)
     target = jnp.take_along_axis(dist, targets, 1)
-    below, band = _band_counts(dist, target, bound, search=search)
-    ambiguous = (band >= 2) & ~exact
+    below, band = _band_counts(dist, target, bound, search=search, columns=distinct.max())
+    ambiguous = (band >= 2) & ~exact & (jnp.arange(k)[None, :] < distinct[:, None])
     small = ambiguous & (band <= SLOT_BAND)
     lanes = jnp.arange(t)
 
@@ -238,7 +259,7 @@ def _exact_ranks(
         return correction.at[p].set(jnp.where(need, closer, correction[r]), mode="drop")
 
     correction = for_each_true(big.any(1), WALK_CHUNK, walked, correction)
-    return 1 + below + correction
+    return jnp.take_along_axis(1 + below + correction, position, 1)
 
 
 def _rank_sums_tile(
